@@ -33,6 +33,11 @@ class BadRecordError(DpmedError):
         self.reason = str(reason)
         super().__init__(f"{self.source}: {self.record}: {self.reason}")
 
+    def __reduce__(self):
+        # Default exception pickling replays only the message; keep the three fields so the
+        # error survives a trip through a worker process.
+        return (type(self), (self.source, self.record, self.reason))
+
     def with_context(self, source: str | None = None, record: str | None = None) -> "BadRecordError":
         """Return a copy with the source/record filled in by a caller that knows more."""
         return BadRecordError(source or self.source, record or self.record, self.reason)

@@ -1,0 +1,109 @@
+"""Load and validate the workflow configuration.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the single source of truth for keys and
+defaults. Validation fills defaults in place and refuses unknown keys with a message that names
+the offending key by its dotted path, so a typo in a config file is an error, never a silent
+fallback to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from dpmed.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    # For oneOf/anyOf/allOf the most specific sub-error is the useful one.
+    best = jsonschema.exceptions.best_match([error])
+    where = _dotted(best.absolute_path)
+    if best.validator == "additionalProperties":
+        allowed = sorted(best.schema.get("properties", {}))
+        extra = sorted(set(best.instance) - set(allowed)) if isinstance(best.instance, dict) else []
+        keys = ", ".join(f"{where}.{k}" if best.absolute_path else k for k in extra)
+        hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        return f"unknown config key {keys}{hint}"
+    return f"config key {where}: {best.message}"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Validate ``config`` in place (filling defaults) and return it.
+
+    Raises :class:`ConfigError` naming the first offending key.
+    """
+    schema = load_schema() if schema is None else schema
+    validator = _DefaultFillingValidator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: dict) -> None:
+    """Constraints JSON schema cannot express."""
+    for name, ds in config["datasets"].items():
+        split = ds["split"]
+        total = split["train"] + split["val"] + split["test"]
+        if split["column"] is None and not math.isclose(total, 1.0, abs_tol=1e-9):
+            raise ConfigError(f"config key datasets.{name}.split: train + val + test must be 1, got {total:g}")
+        grades = ds["grades"]
+        if not grades["min"] < grades["positive_from"] <= grades["max"]:
+            raise ConfigError(
+                f"config key datasets.{name}.grades: need min < positive_from <= max, got {grades}"
+            )
+        bins = ds.get("age_groups", "quartiles" if ds["kind"] == "ct" else [0, 30, 60, 70, 80, 100])
+        ds["age_groups"] = bins
+        if isinstance(bins, list) and any(b >= a for a, b in zip(bins[1:], bins[:-1])):
+            raise ConfigError(f"config key datasets.{name}.age_groups: bin edges must increase, got {bins}")
+        if ds["kind"] == "ct":
+            low, high = ds["preprocess"]["window"]
+            if not low < high:
+                raise ConfigError(f"config key datasets.{name}.preprocess.window: need low < high, got {[low, high]}")
+
+
+def load_config(path: str | Path) -> dict:
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    return validate_config(config)
+
+
+def config_slice(config: dict, *keys: str) -> Any:
+    """A deep copy of a nested config value (params must not alias the live config)."""
+    value = config
+    for key in keys:
+        value = value[key]
+    return copy.deepcopy(value)
