@@ -32,3 +32,12 @@ def ingest_tables(wildcards):
     if cfg["adapter"] == "cbis_ddsm":
         return [p for paths in cfg["description_csvs"].values() for p in paths]
     return [cfg["table"]]
+
+
+def demo_params(cohort):
+    """Each demo cohort gets its own seed offset: the public CXR cohort shares nothing with the private one."""
+    return {
+        "cohort": cohort,
+        "seed": config["demo"]["seed"] + DEMO_COHORTS.index(cohort),
+        **config["demo"][cohort],
+    }

@@ -1,14 +1,4 @@
 # Built-in demo cohorts: real DICOM / NIfTI files generated deterministically from a seed.
-# Each cohort gets its own seed offset so the public CXR cohort shares no patients or images
-# with the private one.
-
-
-def demo_params(cohort):
-    return {
-        "cohort": cohort,
-        "seed": config["demo"]["seed"] + DEMO_COHORTS.index(cohort),
-        **config["demo"][cohort],
-    }
 
 
 rule demo_cxr:
@@ -18,6 +8,8 @@ rule demo_cxr:
         cohort="cxr|cxr_public",
     params:
         demo=lambda w: demo_params(w.cohort),
+    conda:
+        "../envs/dpmed.yaml"
     log:
         "logs/demo/{cohort}.log",
     script:
@@ -29,6 +21,8 @@ rule demo_ct:
         "results/demo/ct/clinical.csv",
     params:
         demo=demo_params("ct"),
+    conda:
+        "../envs/dpmed.yaml"
     log:
         "logs/demo/ct.log",
     script:
@@ -41,6 +35,8 @@ rule demo_mammography:
         "results/demo/mammography/mass_case_description_test_set.csv",
     params:
         demo=demo_params("mammography"),
+    conda:
+        "../envs/dpmed.yaml"
     log:
         "logs/demo/mammography.log",
     script:

@@ -4,6 +4,8 @@
 rule pseudonym_key:
     output:
         protected(f"{PRIVATE}/pseudonym.key"),
+    conda:
+        "../envs/dpmed.yaml"
     log:
         "logs/pseudonym_key.log",
     script:
@@ -25,6 +27,8 @@ rule ingest:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/dpmed.yaml"
     log:
         "logs/{dataset}/ingest.log",
     benchmark:

@@ -15,6 +15,8 @@ rule preprocess:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../envs/dpmed.yaml"
     log:
         "logs/{dataset}/preprocess_{split}.log",
     benchmark:
