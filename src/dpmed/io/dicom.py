@@ -148,8 +148,13 @@ def _decoded_frame(ds: pydicom.Dataset, source: str) -> tuple[np.ndarray, pydico
     try:
         # as_rgb only matters for YBR images, which are refused above.
         arr = ds.pixel_array
-    except RuntimeError as exc:  # pydicom: "Unable to decompress ... missing dependencies"
-        raise BadRecordError(source, "", _missing_decoder_reason(tsuid, [])) from exc
+    except RuntimeError as exc:
+        if "missing dependencies" in str(exc):  # pydicom: "... all plugins are missing dependencies"
+            raise BadRecordError(source, "", _missing_decoder_reason(tsuid, [])) from exc
+        raise BadRecordError(
+            source, "", f"compressed pixel data could not be decoded by any installed plugin "
+            f"(transfer syntax {tsuid.name!r}); the file may be corrupted"
+        ) from exc
     except Exception as exc:
         raise BadRecordError(
             source, "", f"pixel data could not be decoded ({type(exc).__name__}, transfer syntax "

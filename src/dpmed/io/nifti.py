@@ -76,7 +76,8 @@ def read_nifti_volume(path: str | os.PathLike) -> Volume:
         raise BadRecordError(
             source, "", f"voxel data could not be read ({type(exc).__name__}); the file may be truncated"
         ) from exc
-    data = np.ascontiguousarray(data.reshape(effective))
+    # canonical axes may be permuted relative to the file's: take the shape from `canon`
+    data = np.ascontiguousarray(data.reshape(tuple(int(n) for n in canon.shape[:3])))
 
     n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if n_bad:

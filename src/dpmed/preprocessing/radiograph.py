@@ -20,8 +20,9 @@ __all__ = ["apply_photometric", "normalise_to_uint8", "equalise_histogram", "pre
 
 
 def _require_finite(arr: np.ndarray, what: str) -> None:
-    n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-    if n_bad:
+    finite = np.isfinite(arr)
+    if not finite.all():
+        n_bad = int(arr.size - np.count_nonzero(finite))
         raise BadRecordError("", "", f"{what} has {n_bad} NaN or inf pixel(s)")
 
 
@@ -51,8 +52,9 @@ def apply_photometric(pixels: np.ndarray, photometric: str) -> np.ndarray:
     if pi == "MONOCHROME2":
         return arr.astype(np.float32, copy=False)
     if pi == "MONOCHROME1":
-        a = arr.astype(np.float64)
-        return (a.max() + a.min() - a).astype(np.float32)
+        a = arr.astype(np.float64)  # float64 so max + min - x is exact for 16-bit data
+        np.subtract(a.max() + a.min(), a, out=a)
+        return a.astype(np.float32)
     raise BadRecordError(
         "", "", f"photometric interpretation {pi or 'missing'!r} is not grey-scale; "
         "only MONOCHROME1 and MONOCHROME2 images can be used"
@@ -78,16 +80,19 @@ def normalise_to_uint8(img: np.ndarray) -> np.ndarray:
     ------
     BadRecordError: the image contains NaN or inf.
     """
-    a = np.asarray(img, dtype=np.float64)
+    a = np.array(img, dtype=np.float64)  # a private copy, modified in place below
     if a.size == 0:
         raise ValueError("normalise_to_uint8 got an empty array")
     _require_finite(a, "image")
-    shifted = a - a.min()
-    peak = shifted.max()
+    a -= a.min()
+    peak = a.max()
     if peak == 0:
         return np.zeros(a.shape, dtype=np.uint8)
-    scaled = shifted / peak * 255.0
-    return np.clip(np.floor(scaled), 0, 255).astype(np.uint8)
+    a /= peak  # divide first: x / peak * 255 is exactly 255 at the maximum
+    a *= 255.0
+    np.floor(a, out=a)
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)
 
 
 def equalise_histogram(img_uint8: np.ndarray) -> np.ndarray:
