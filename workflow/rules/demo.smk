@@ -3,7 +3,7 @@
 
 rule demo_cxr:
     output:
-        "results/demo/{cohort}/labels.csv",
+        "resources/demo/{cohort}/labels.csv",
     wildcard_constraints:
         cohort="cxr|cxr_public",
     params:
@@ -18,7 +18,7 @@ rule demo_cxr:
 
 rule demo_ct:
     output:
-        "results/demo/ct/clinical.csv",
+        "resources/demo/ct/clinical.csv",
     params:
         demo=demo_params("ct"),
     conda:
@@ -31,8 +31,8 @@ rule demo_ct:
 
 rule demo_mammography:
     output:
-        "results/demo/mammography/mass_case_description_train_set.csv",
-        "results/demo/mammography/mass_case_description_test_set.csv",
+        "resources/demo/mammography/mass_case_description_train_set.csv",
+        "resources/demo/mammography/mass_case_description_test_set.csv",
     params:
         demo=demo_params("mammography"),
     conda:

@@ -1,0 +1,25 @@
+"""Small DICOM files for tests, written with the demo cohort's DICOM helpers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from dpmed.demo._dicom import DX_STORAGE, base_dataset, make_uid, set_mono_pixels, write_dicom
+
+
+def write_dx(path: Path, *, patient_id: str, sex: str = "M", age: int = 67, name: str = "Doe^John",
+             pixels: bool = True, study=dt.date(2020, 3, 4)) -> None:
+    ds = base_dataset(
+        sop_class_uid=DX_STORAGE, sop_instance_uid=make_uid(path), study_uid=make_uid(path, 1),
+        series_uid=make_uid(path, 2), modality="DX", patient_name=name, patient_id=patient_id,
+        birth_date=study.replace(year=study.year - age) - dt.timedelta(days=10), sex=sex, age=age,
+        study_date=study, accession=f"ACC{patient_id}", institution="Test Hospital",
+    )
+    set_mono_pixels(ds, np.arange(64, dtype=np.uint16).reshape(8, 8) * 16, bits_stored=12, photometric="MONOCHROME2")
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    if not pixels:
+        del ds.PixelData
+    write_dicom(path, ds)
