@@ -208,7 +208,8 @@ def _data(dims, n=6, seed=0):
     return x, y
 
 
-CASES = [(2, "hooks"), (2, "functorch"), (2, "ew"), (2, "ghost"), (3, "hooks"), (3, "functorch"), (3, "ghost")]
+CASES = [(2, "hooks"), (2, "functorch"), (2, "ew"), (2, "ghost"), (2, "bk"),
+         (3, "hooks"), (3, "functorch"), (3, "ghost"), (3, "bk")]
 
 
 @pytest.mark.parametrize("dims,mode", CASES)

@@ -25,6 +25,9 @@ Modes
               (true ghost norms for Linear, instantiated per-layer gradients for conv/norm
               layers), then a second backward of the re-weighted loss. The optimizer never sees
               per-sample gradients; the returned criterion drives the two passes.
+``bk``        dpmed's single-pass exact clipping (book-keeping with per-layer choice of ghost
+              or instantiated norms; see the section at the end of this file). Not Opacus
+              code, but Opacus' optimizer (noise, scaling) and accountant. Fastest on CPU.
 
 Loss convention
 ---------------
@@ -47,7 +50,7 @@ from torch.utils.data import DataLoader
 
 from dpmed.errors import PrivacyError
 
-SUPPORTED_MODES = ("hooks", "functorch", "ew", "ghost")
+SUPPORTED_MODES = ("hooks", "functorch", "ew", "ghost", "bk")
 
 
 class PerSampleLoss(nn.Module):
@@ -157,8 +160,8 @@ def make_private(
         raise PrivacyError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
     if not (noise_multiplier >= 0):
         raise PrivacyError(f"noise_multiplier must be >= 0, got {noise_multiplier!r}")
-    if grad_sample_mode == "ghost" and criterion is None:
-        raise PrivacyError("grad_sample_mode='ghost' needs the criterion (it runs the two backward passes)")
+    if grad_sample_mode in ("ghost", "bk") and criterion is None:
+        raise PrivacyError(f"grad_sample_mode={grad_sample_mode!r} needs the criterion (its backward does the clipping)")
     validate_for_dp(model)
     if grad_sample_mode == "ew":
         from dpmed.models.acs import ACSConv3d
@@ -184,7 +187,13 @@ def make_private(
         engine = privacy_engine if privacy_engine is not None else PrivacyEngine(
             accountant=accountant, secure_mode=secure_mode
         )
-        if grad_sample_mode == "ghost":
+        if grad_sample_mode == "bk":
+            out_model, out_opt, out_crit, out_loader = _make_private_bk(
+                model, optimizer, data_loader, noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm, poisson_sampling=poisson_sampling, loss=loss,
+                engine=engine, secure_mode=secure_mode, noise_generator=noise_generator,
+            )
+        elif grad_sample_mode == "ghost":
             out_model, out_opt, out_crit, out_loader = engine.make_private(criterion=loss, **kwargs)
         else:
             out_model, out_opt, out_loader = engine.make_private(**kwargs)
@@ -214,3 +223,222 @@ def step_on_empty_batch(optimizer) -> None:
         else:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     optimizer.step()
+
+
+# =====================================================================================
+# "bk": single-pass exact per-sample clipping (book-keeping + mixed ghost norms)
+# =====================================================================================
+#
+# Opacus' modes either materialise every per-sample gradient (hooks/functorch/ew: N x P floats,
+# written, normed and re-read by the clip) or run a second backward pass (ghost). "bk" does
+# neither:
+#
+# 1. forward with the parameters *detached from autograd* (requires_grad off during the forward,
+#    input requires grad instead), so the backward computes activation gradients only;
+# 2. a hook on every layer output receives the output gradient g_i; with the stored input a_i the
+#    layer's per-sample gradient norm is computed exactly, choosing per layer the cheaper of
+#      - instantiation  ||G_i||^2 with G_i = g_i^T unfold(a_i)      cost ~ L * p * o
+#      - ghost (Gram)   sum_{l,l'} (a_l . a_l') (g_l . g_l')         cost ~ L^2 * (p + o)
+#    (L output positions, p = C_in k^2, o = C_out; "mixed ghost"); GroupNorm per-sample
+#    gradients are tiny and instantiated;
+# 3. after the backward, clip factors c_i = min(1, C / (||grad_i|| + 1e-6)) over all layers
+#    (flat clipping, same formula as Opacus), and each layer's clipped sum sum_i c_i G_i is ONE
+#    ordinary weight-gradient call with the output gradient rescaled per sample (c_i g_i) --
+#    the weight gradient the skipped standard backward would have computed anyway.
+#
+# Noise, scaling by the expected batch size and accounting are Opacus' own
+# (DPOptimizerFastGradientClipping + the PrivacyEngine accountant hook). Exactness against a
+# per-sample loop is tested in tests/test_models.py.
+
+
+def _conv2d_norm2(a: torch.Tensor, g: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    n, o = g.shape[:2]
+    cols = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    p, l = cols.shape[1], cols.shape[2]
+    gf = g.reshape(n, o, l)
+    if l * (p + o) < p * o:  # ghost norm is cheaper
+        aa = torch.bmm(cols.transpose(1, 2), cols)
+        gg = torch.bmm(gf.transpose(1, 2), gf)
+        return (aa * gg).sum(dim=(1, 2))
+    return torch.bmm(gf, cols.transpose(1, 2)).pow(2).sum(dim=(1, 2))
+
+
+class _BKState:
+    def __init__(self, model: nn.Module, max_grad_norm: float):
+        from dpmed.models.acs import ACSConv3d
+
+        self.model = model
+        self.max_grad_norm = float(max_grad_norm)
+        self.layers = []
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        for m in model.modules():
+            own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            if type(m) not in (nn.Conv2d, nn.Linear, nn.GroupNorm, ACSConv3d):
+                raise PrivacyError(f"grad_sample_mode='bk' does not support {type(m).__name__}")
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                raise PrivacyError("grad_sample_mode='bk' supports Conv2d with groups=1 only")
+            self.layers.append(m)
+            m.register_forward_hook(self._fwd_hook)
+        self.records = []  # (module, activation, grad_output) per forward use
+        self.norm2 = None
+        self.batch = 0
+        self.enabled = True
+
+    def _fwd_hook(self, module, inputs, output):
+        if not (self.enabled and torch.is_grad_enabled() and module.training):
+            return
+        a = inputs[0].detach()
+        rec = [module, a, None]
+        self.records.append(rec)
+        if output.requires_grad:
+            output.register_hook(lambda g, rec=rec: self._bwd(rec, g))
+
+    def _bwd(self, rec, g):
+        from dpmed.models.acs import ACSConv3d, compute_acs_grad_sample
+
+        m, a = rec[0], rec[1]
+        n = g.shape[0]
+        g = g.detach() * n  # loss is the batch mean: per-sample gradients are n * (backprop)
+        rec[2] = g
+        if self.norm2 is None:
+            self.norm2 = torch.zeros(n, dtype=g.dtype, device=g.device)
+        if isinstance(m, nn.Conv2d):
+            self.norm2 += _conv2d_norm2(a, g, m)
+            if m.bias is not None:
+                self.norm2 += g.sum(dim=(2, 3)).pow(2).sum(1)
+        elif isinstance(m, nn.Linear):
+            a2, g2 = a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])
+            if a2.shape[1] == 1:
+                self.norm2 += a2.pow(2).sum((1, 2)) * g2.pow(2).sum((1, 2))
+            else:
+                self.norm2 += torch.bmm(g2.transpose(1, 2), a2).pow(2).sum((1, 2))
+            if m.bias is not None:
+                self.norm2 += g2.sum(1).pow(2).sum(1)
+        elif isinstance(m, nn.GroupNorm):
+            xhat = torch.nn.functional.group_norm(a, m.num_groups, eps=m.eps)
+            gw = (g * xhat).reshape(n, m.num_channels, -1).sum(2)
+            gb = g.reshape(n, m.num_channels, -1).sum(2)
+            rec.append((gw, gb))
+            self.norm2 += gw.pow(2).sum(1) + gb.pow(2).sum(1)
+        elif isinstance(m, ACSConv3d):
+            gs = compute_acs_grad_sample(m, [a], g)
+            rec.append(gs)
+            for t in gs.values():
+                self.norm2 += t.reshape(n, -1).pow(2).sum(1)
+
+    def finish(self) -> None:
+        """Clip per sample and write sum_i c_i grad_i into p.grad."""
+        if self.norm2 is None:
+            raise PrivacyError("bk: backward produced no per-sample gradients (was the model in train mode?)")
+        norms = self.norm2.clamp_min(0).sqrt()
+        self.per_sample_norms = norms
+        c = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for p in self.params:
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+        for rec in self.records:
+            m, a, g = rec[0], rec[1], rec[2]
+            if g is None:
+                continue
+            shape = (-1,) + (1,) * (g.dim() - 1)
+            gc = g * c.view(shape)
+            if isinstance(m, nn.Conv2d):
+                m.weight.grad += torch.nn.grad.conv2d_weight(
+                    a, m.weight.shape, gc, stride=m.stride, padding=m.padding, dilation=m.dilation
+                )
+                if m.bias is not None:
+                    m.bias.grad += gc.sum(dim=(0, 2, 3))
+            elif isinstance(m, nn.Linear):
+                m.weight.grad += gc.reshape(-1, gc.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
+                if m.bias is not None:
+                    m.bias.grad += gc.reshape(-1, gc.shape[-1]).sum(0)
+            elif isinstance(m, nn.GroupNorm):
+                gw, gb = rec[3]
+                m.weight.grad += c @ gw
+                m.bias.grad += c @ gb
+            else:  # ACSConv3d: per-sample gradients were instantiated
+                for p, t in rec[3].items():
+                    p.grad += torch.einsum("n,n...->...", c, t)
+        self.records = []
+        self.norm2 = None
+
+
+class BKModule(nn.Module):
+    """Model wrapper for ``grad_sample_mode='bk'`` (see the comment block above)."""
+
+    def __init__(self, model: nn.Module, max_grad_norm: float):
+        super().__init__()
+        self._module = model
+        self._bk = _BKState(model, max_grad_norm)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if not (self.training and torch.is_grad_enabled()):
+            return self._module(x, *args, **kwargs)
+        self._bk.records = []
+        self._bk.norm2 = None
+        x = x.detach().requires_grad_(True)
+        flags = [(p, p.requires_grad) for p in self._module.parameters()]
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            return self._module(x, *args, **kwargs)
+        finally:
+            for p, f in flags:
+                p.requires_grad_(f)
+
+    def state_dict(self, *args, **kwargs):  # save/load like the bare model
+        return self._module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        return self._module.load_state_dict(*args, **kwargs)
+
+
+class _BKLossValue:
+    def __init__(self, loss: torch.Tensor, state: _BKState):
+        self.loss = loss
+        self.state = state
+
+    def backward(self):
+        self.loss.backward()
+        self.state.finish()
+
+    def item(self):
+        return self.loss.detach().item()
+
+    def detach(self):
+        return self.loss.detach()
+
+
+class BKLoss:
+    """Criterion for ``bk``: ``criterion(out, y).backward()`` runs the backward and the clipping."""
+
+    def __init__(self, module: BKModule, criterion: PerSampleLoss):
+        self.module = module
+        self.criterion = criterion
+
+    def __call__(self, input, target) -> _BKLossValue:
+        return _BKLossValue(self.criterion(input, target), self.module._bk)
+
+
+def _make_private_bk(model, optimizer, data_loader, *, noise_multiplier, max_grad_norm, poisson_sampling,
+                     loss, engine, secure_mode, noise_generator):
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+
+    if poisson_sampling:
+        data_loader = DPDataLoader.from_data_loader(
+            data_loader, generator=engine.secure_rng if secure_mode else None
+        )
+    sample_rate = 1.0 / len(data_loader)
+    expected_batch_size = int(len(data_loader.dataset) * sample_rate)
+    wrapped = BKModule(model, max_grad_norm)
+    dpo = DPOptimizerFastGradientClipping(
+        optimizer, noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
+        expected_batch_size=expected_batch_size, loss_reduction="mean",
+        generator=engine.secure_rng if secure_mode else noise_generator, secure_mode=secure_mode,
+    )
+    dpo.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return wrapped, dpo, BKLoss(wrapped, loss), data_loader
