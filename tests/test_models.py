@@ -293,3 +293,22 @@ def test_make_private_argument_checks():
     with pytest.raises(PrivacyError):
         make_private(bn, torch.optim.SGD(bn.parameters(), lr=0.1), loader, noise_multiplier=1.0,
                      max_grad_norm=1.0, grad_sample_mode="hooks")
+
+
+@pytest.mark.parametrize("stride,k", [(1, 3), (2, 3), (2, 7), (2, 1)])
+def test_bk_conv_norm_methods_agree(stride, k):
+    """The three (timing-selected) per-sample conv norm methods of grad_sample_mode='bk' are exact."""
+    from dpmed.training.dp import _CONV_NORM_METHODS
+
+    torch.manual_seed(5)
+    conv = nn.Conv2d(3, 5, k, stride=stride, padding=(k - 1) // 2, bias=False).double()
+    a = torch.randn(4, 3, 11, 9, dtype=torch.float64)
+    g = torch.randn_like(conv(a))
+    ref = []
+    for i in range(4):
+        conv.zero_grad()
+        (conv(a[i : i + 1]) * g[i : i + 1]).sum().backward()
+        ref.append(conv.weight.grad.pow(2).sum())
+    ref = torch.stack(ref)
+    for name, fn in _CONV_NORM_METHODS.items():
+        torch.testing.assert_close(fn(a, g, conv), ref, rtol=1e-10, atol=1e-12, msg=name)
