@@ -1,5 +1,6 @@
 # dpmed: what privacy costs in medical-imaging AI — accuracy and subgroup fairness.
-# Stages: demo cohorts -> ingestion (manifests) -> preprocessing (HDF5 caches) -> ...
+# Stages: demo cohorts -> ingestion (manifests) -> preprocessing (HDF5 caches) -> classifiers at
+# each epsilon (+ public pretraining, embeddings) -> bootstrapped subgroup evaluation -> summary.
 # Run:  snakemake --cores all            (default config: built-in demo cohorts)
 #       snakemake --configfile config/tiny.yaml --cores 2
 from snakemake.utils import min_version
@@ -10,10 +11,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -23,5 +29,15 @@ rule all:
             f"results/{dataset}/preprocessed/{split}.h5"
             for dataset in DATASETS
             for split in SPLITS
+        ],
+        summaries=[
+            f"results/{dataset}/summary/{name}"
+            for dataset in CLASSIFIER_DATASETS
+            for name in SUMMARY_FILES
+        ],
+        embeddings=[
+            f"results/{dataset}/embeddings/{encoder}.h5"
+            for dataset in config["embeddings"]["datasets"]
+            for encoder in config["embeddings"]["encoders"]
         ],
     default_target: True

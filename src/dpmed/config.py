@@ -70,6 +70,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     if errors:
         raise ConfigError(_describe(errors[0]))
     _check_semantics(config)
+    _check_references(config)
     return config
 
 
@@ -93,6 +94,47 @@ def _check_semantics(config: dict) -> None:
             low, high = ds["preprocess"]["window"]
             if not low < high:
                 raise ConfigError(f"config key datasets.{name}.preprocess.window: need low < high, got {[low, high]}")
+
+
+def _check_references(config: dict) -> None:
+    """Cross-references between datasets (public cohorts, encoders) must resolve."""
+    datasets = config["datasets"]
+
+    def public(name: str, where: str) -> dict:
+        if name not in datasets:
+            raise ConfigError(f"config key {where}: no dataset named {name!r}")
+        if datasets[name]["role"] != "public":
+            raise ConfigError(f"config key {where}: dataset {name!r} must have role: public (it is used without privacy)")
+        return datasets[name]
+
+    for name, ds in datasets.items():
+        clf = ds.get("classifier")
+        if not clf:
+            continue
+        if ds["role"] == "public":
+            raise ConfigError(f"config key datasets.{name}.classifier: public cohorts only serve pretraining")
+        if clf["pretrain"]:
+            src = public(clf["pretrain"]["dataset"], f"datasets.{name}.classifier.pretrain.dataset")
+            if src["kind"] != ds["kind"] and not (src["kind"] == "radiograph" and ds["kind"] == "ct"):
+                raise ConfigError(f"config key datasets.{name}.classifier.pretrain.dataset: a {src['kind']} cohort cannot pretrain a {ds['kind']} model")
+        weights_from = clf["dp"]["class_weights_from"]
+        if weights_from:
+            src = public(weights_from, f"datasets.{name}.classifier.dp.class_weights_from")
+            if list(src["labels"]) != list(ds["labels"]):
+                raise ConfigError(f"config key datasets.{name}.classifier.dp.class_weights_from: {weights_from!r} has other labels")
+    for name in config["embeddings"]["datasets"]:
+        if name not in datasets:
+            raise ConfigError(f"config key embeddings.datasets: no dataset named {name!r}")
+        if datasets[name]["kind"] == "ct":
+            raise ConfigError("config key embeddings.datasets: embeddings are 2D-encoder features; CT volumes are not supported")
+    for enc, spec in config["embeddings"]["encoders"].items():
+        where = f"embeddings.encoders.{enc}"
+        if "pretrained" in spec:
+            ds = datasets.get(spec["pretrained"])
+            if not ds or not (ds.get("classifier") or {}).get("pretrain"):
+                raise ConfigError(f"config key {where}.pretrained: {spec['pretrained']!r} is not a dataset with classifier.pretrain")
+        elif not {"module", "weights"} <= set(spec):
+            raise ConfigError(f"config key {where}: give either pretrained: <dataset> or module + weights")
 
 
 def load_config(path: str | Path) -> dict:
