@@ -4,8 +4,11 @@ Measures one optimizer step (zero_grad, forward, loss, backward, step) of
 
 * ``nonprivate``: the plain model + NAdam + BCEWithLogitsLoss;
 * ``hooks`` / ``functorch`` / ``ew`` / ``ghost``: the same model made private with
-  :func:`dpmed.training.dp.make_private` (noise multiplier 1.0, C = 1.5; flat per-sample
-  clipping, verified exact by ``tests/test_models.py``).
+  :func:`dpmed.training.dp.make_private` through Opacus (noise multiplier 1.0, C = 1.5; flat
+  per-sample clipping, verified exact by ``tests/test_models.py``);
+* ``bk``: dpmed's single-pass exact clipping (book-keeping: activation-only backward, exact
+  per-sample norms per layer by the fastest of grouped weight-gradient / ghost Gram / unfold,
+  then one re-weighted weight-gradient per layer; Opacus optimizer and accountant).
 
 All variants use the *same* architecture and activation (Mish, the DP choice), so the ratio is
 the cost of privacy alone. Variants are measured interleaved in one process: each round runs
