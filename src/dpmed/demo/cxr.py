@@ -138,6 +138,10 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
     g = np.asarray(grades, int)
     S = int(image_size)
     diff = difficulty(age)
+    # independent streams: anatomy, each finding, devices and acquisition, so that changing one
+    # grade changes only that finding's pixels (the parent generator advances by a fixed amount)
+    sub = [np.random.default_rng(int(x)) for x in rng.integers(0, 2**62, size=12)]
+    rng = sub[0]
     ax = np.linspace(-1.0, 1.0, S, dtype=np.float32)
     u, v = ax[None, :], ax[:, None]  # u: column (x), v: row (y, downwards); broadcast
     scale = rng.uniform(0.93, 1.05)
@@ -197,7 +201,7 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
         for s, hxs in enumerate((-0.17, 0.17)):
             r = np.hypot(U - hxs, V - 0.02)
             th = np.arctan2(V - 0.02, U - hxs)
-            vessels = np.maximum(np.cos(9.0 * th + rng.uniform(0, 6.28)), 0) ** 4
+            vessels = np.maximum(np.cos(9.0 * th + sub[2].uniform(0, 6.28)), 0) ** 4
             amp = 0.022 * g[1]
             d += lung * (amp * np.exp(-(r / (0.14 + 0.03 * g[1])) ** 2)
                          + 0.7 * amp * vessels * np.exp(-r / 0.28))
@@ -205,19 +209,19 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
     for s in range(2):
         ge = g[2 + s]
         if ge > 0:
-            h = (0.0, 0.06, 0.14, 0.24, 0.38)[ge] * rng.uniform(0.85, 1.15)
+            h = (0.0, 0.06, 0.14, 0.24, 0.38)[ge] * sub[3 + s].uniform(0.85, 1.15)
             lateral = np.clip((U - lcx[s]) * (-1 if s == 0 else 1) / 0.27, 0, None)
             level = 0.56 - h - 0.10 * lateral**2
             fluid = lungs[s] * (1.0 / (1.0 + np.exp(-(V - level) / 0.025)))
             d += 0.30 * fluid * (0.7 + 0.075 * ge)
     # pneumonic infiltrates: patchy, blotchy opacities inside the lung of the correct side
-    field = _smooth_field(rng, 14, S)
+    field = _smooth_field(sub[11], 14, S)
     for s in range(2):
         gi = g[4 + s]
         if gi > 0:
             for _ in range(1 + (gi >= 3)):
-                cx = lcx[s] + rng.uniform(-0.12, 0.12)
-                cy = rng.uniform(-0.25, 0.35)
+                cx = lcx[s] + sub[5 + s].uniform(-0.12, 0.12)
+                cy = sub[5 + s].uniform(-0.25, 0.35)
                 rad = 0.13 + 0.05 * gi
                 env = np.exp(-((U - cx) ** 2 + (V - cy) ** 2) / (2 * rad**2))
                 patch = np.clip((field - 0.35) / 0.4, 0, 1)
@@ -227,10 +231,10 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
         ga = g[6 + s]
         if ga > 0:
             for _ in range(1 + (ga >= 3)):
-                cx = lcx[s] + rng.uniform(-0.1, 0.1)
-                cy = rng.uniform(0.15, 0.35)
+                cx = lcx[s] + sub[7 + s].uniform(-0.1, 0.1)
+                cy = sub[7 + s].uniform(0.15, 0.35)
                 half = 0.08 + 0.035 * ga
-                ang = rng.uniform(-0.35, 0.35)
+                ang = sub[7 + s].uniform(-0.35, 0.35)
                 x0, y0 = cx - half * np.cos(ang), cy - half * np.sin(ang)
                 x1, y1 = cx + half * np.cos(ang), cy + half * np.sin(ang)
                 band = _band(U, V, x0, y0, x1, y1, 0.012 + 0.008 * ga)
@@ -238,33 +242,33 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
 
     # --- devices (more frequent in older patients) ----------------------------------------
     if devices is None:
-        pacer = rng.random() < 0.02 + 0.22 * diff**2
-        ecg = rng.random() < 0.08 + 0.45 * diff
+        pacer = sub[9].random() < 0.02 + 0.22 * diff**2
+        ecg = sub[9].random() < 0.08 + 0.45 * diff
     else:
         pacer = ecg = bool(devices)
     metal = np.zeros((S, S), np.float32)
     if pacer:
-        gx, gy = 0.5 + rng.normal(0, 0.03), -0.58 + rng.normal(0, 0.03)
+        gx, gy = 0.5 + sub[9].normal(0, 0.03), -0.58 + sub[9].normal(0, 0.03)
         metal = np.maximum(metal, _superellipse(U, V, gx, gy, 0.075, 0.05, 2.0) * 0.97)
         lead = _bezier((gx - 0.05, gy), (0.0, -0.45), (hx - 0.05, hy + 0.05))
         metal = np.maximum(metal, _curve_mask(S, lead * scale, 1.5) * 0.9)
     if ecg:
-        for _ in range(int(rng.integers(3, 6))):
-            ex, ey = rng.uniform(-0.7, 0.7), rng.uniform(-0.7, 0.6)
+        for _ in range(int(sub[9].integers(3, 6))):
+            ex, ey = sub[9].uniform(-0.7, 0.7), sub[9].uniform(-0.7, 0.6)
             r = np.hypot(U - ex, V - ey)
             metal = np.maximum(metal, ((r < 0.035) & (r > 0.02)) * 0.85 + (r <= 0.008) * 0.9)
-            wire = _bezier((ex, ey), (ex + rng.uniform(-0.4, 0.4), ey + rng.uniform(0.1, 0.5)),
-                           (rng.uniform(-1, 1), 1.0))
+            wire = _bezier((ex, ey), (ex + sub[9].uniform(-0.4, 0.4), ey + sub[9].uniform(0.1, 0.5)),
+                           (sub[9].uniform(-1, 1), 1.0))
             metal = np.maximum(metal, _curve_mask(S, wire * scale, 1.0) * 0.75)
     d = np.maximum(d, metal)
 
     # --- acquisition: blur, contrast loss, exposure, noise ----------------------------------
     d = ndimage.gaussian_filter(d, 0.7 * S / 256.0)
-    contrast = 1.0 - 0.35 * diff * rng.uniform(0.5, 1.0)
+    contrast = 1.0 - 0.35 * diff * sub[10].uniform(0.5, 1.0)
     d = 0.4 + contrast * (d - 0.4)
-    d = d * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03) + 0.03 * rng.normal() * v
-    noise_sd = 0.012 + 0.035 * diff * rng.uniform(0.5, 1.5)
-    d += rng.normal(0.0, noise_sd, d.shape).astype(np.float32)
+    d = d * sub[10].uniform(0.92, 1.08) + sub[10].uniform(-0.03, 0.03) + 0.03 * sub[10].normal() * v
+    noise_sd = 0.012 + 0.035 * diff * sub[10].uniform(0.5, 1.5)
+    d += sub[10].normal(0.0, noise_sd, d.shape).astype(np.float32)
     d = np.clip(d, 0.0, 0.97)
     rs, cs = marker_box(S)
     d[rs, cs] = MARKER_VALUE

@@ -72,8 +72,11 @@ def render_breast(shape, *, density: int, view: str, age: float, rng: np.random.
     return d.astype(np.float32), breast
 
 
-def draw_mass(d, *, centre, radius, shape_kind, margin, malignant, rng):
-    """Add a mass to ``d`` in place; returns its ROI mask (bool, full image size)."""
+def draw_mass(d, *, centre, radius, shape_kind, margin, malignant, rng, within=None):
+    """Add a mass to ``d`` in place; returns its ROI mask (bool, full image size).
+
+    ``within`` (optional bool mask, e.g. the breast) confines both the drawing and the ROI.
+    """
     H, W = d.shape
     r0, c0 = centre
     ext = int(np.ceil(radius * 2.4)) + 3
@@ -115,9 +118,10 @@ def draw_mass(d, *, centre, radius, shape_kind, margin, malignant, rng):
             width = 1.2 + 1.5 * (1 - t / ln) * radius / 30.0
             spic = np.maximum(spic, np.clip(1 - dist / width, 0, 1) * (1 - 0.6 * t / ln))
         add = np.maximum(add, 0.7 * amp * spic)
-    d[ra:rb, ca:cb] += add
+    inside = np.ones_like(add, bool) if within is None else within[ra:rb, ca:cb]
+    d[ra:rb, ca:cb] += add * inside
     mask = np.zeros((H, W), bool)
-    mask[ra:rb, ca:cb] = rho <= 1.0
+    mask[ra:rb, ca:cb] = (rho <= 1.0) & inside
     return mask
 
 
@@ -205,8 +209,12 @@ def generate_mammography_cohort(out_dir, *, n_patients: int, image_size=(512, 38
                         r0, c0 = rng.uniform(0.15, 0.85) * H, rng.uniform(0.1, 0.6) * W
                     if breast[int(r0), int(c0)]:
                         break
+                else:  # fall back to a random breast pixel
+                    cand = np.argwhere(breast)
+                    r0, c0 = (float(x) for x in cand[int(rng.integers(len(cand)))])
                 rois.append(draw_mass(img, centre=(r0, c0), radius=R, shape_kind=ms["shape"],
-                                      margin=ms["margin"], malignant=ms["malignant"], rng=rng))
+                                      margin=ms["margin"], malignant=ms["malignant"], rng=rng,
+                                      within=breast))
             if side == "RIGHT":  # chest wall on the image right for right breasts
                 img = img[:, ::-1]
                 rois = [r[:, ::-1] for r in rois]
