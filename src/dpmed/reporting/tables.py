@@ -1,0 +1,78 @@
+"""Tables of one dataset and the one-call summary (all tables and figures).
+
+The numbers come from :mod:`dpmed.evaluation.aggregate` (Table 1, correlations); this
+module only writes them (atomically) under fixed file names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation import aggregate
+from ..io.atomic import write_csv, write_text
+from . import plots
+
+#: File names written by :func:`write_summary`, in order.
+SUMMARY_FILES = (
+    "table1.csv", "table1.md", "correlations.csv",
+    "auroc_vs_epsilon.png", "auroc_vs_epsilon_by_age.png", "auroc_vs_epsilon_by_sex.png",
+    "label_auroc_vs_epsilon.png", "auroc_vs_positives.png", "parity_vs_epsilon.png",
+)
+
+
+def table1_flat(metrics: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
+    """:func:`aggregate.table1` with flat column names ``"<subgroup> <stat>"`` and ε as a
+    column (``inf`` for the non-private model) — one CSV header row, easy to read back."""
+    t = aggregate.table1(plots.prepare(metrics), label=label)
+    flat = t.copy()
+    flat.columns = [f"{s} {stat}" for s, stat in t.columns]
+    return flat.reset_index()
+
+
+def write_table1(metrics: pd.DataFrame, out_dir: str | Path, label: str = "mean"
+                 ) -> list[Path]:
+    """``table1.csv`` (flat, full precision) and ``table1.md`` (μ ± σ in %)."""
+    out_dir = Path(out_dir)
+    df = plots.prepare(metrics)
+    table = aggregate.table1(df, label=label)
+    csv, md = out_dir / "table1.csv", out_dir / "table1.md"
+    write_csv(table1_flat(df, label), csv)
+    write_text(aggregate.table1_markdown(table), md)
+    return [csv, md]
+
+
+def write_correlations(metrics: pd.DataFrame, out_dir: str | Path) -> Path:
+    """``correlations.csv``: :func:`aggregate.correlations` of the point estimates."""
+    path = Path(out_dir) / "correlations.csv"
+    write_csv(aggregate.correlations(plots.prepare(metrics)), path)
+    return path
+
+
+def write_summary(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write every table and figure of one dataset into ``out_dir`` (:data:`SUMMARY_FILES`).
+
+    Returns the paths in the order of :data:`SUMMARY_FILES`.  Figures whose subgroups are
+    missing from the table (e.g. no ``age_group``) are still written, with a note.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = plots.prepare(metrics)
+    paths = write_table1(df, out_dir)
+    paths.append(write_correlations(df, out_dir))
+    figures = [
+        ("auroc_vs_epsilon.png", lambda p: plots.plot_metrics_vs_epsilon(df, p)),
+        ("auroc_vs_epsilon_by_age.png",
+         lambda p: plots.plot_metrics_vs_epsilon(df, p, subgroup_attr="age_group")),
+        ("auroc_vs_epsilon_by_sex.png",
+         lambda p: plots.plot_metrics_vs_epsilon(df, p, subgroup_attr="sex")),
+        ("label_auroc_vs_epsilon.png", lambda p: plots.plot_label_auroc_vs_epsilon(df, p)),
+        ("auroc_vs_positives.png", lambda p: plots.plot_auroc_vs_positives(df, p)),
+        ("parity_vs_epsilon.png", lambda p: plots.plot_parity_vs_epsilon(df, p)),
+    ]
+    for name, draw in figures:
+        draw(out_dir / name)
+        paths.append(out_dir / name)
+    assert [p.name for p in paths] == list(SUMMARY_FILES)
+    return paths
