@@ -1,0 +1,324 @@
+"""The tiny config on a real single-node SLURM cluster, through `--workflow-profile profiles/slurm`.
+
+Needs root (it writes /etc/slurm/slurm.conf and starts munged/slurmctld/slurmd) and, when SLURM is
+not installed yet, apt-get (it installs slurmctld slurmd slurm-client munge); otherwise skipped.
+
+One module-scoped run pair: the tiny config locally and through the SLURM executor (concurrently,
+same seeds, same pseudonym key). The assertions then check that
+  (a) every non-local job was one SLURM job: one submission per planned job (the executor's job
+      comment `rule_<rule>[_wildcards_<values>]` read back from slurmctld), all COMPLETED, and each
+      job's own log (`_log.setup`) names the SLURM job that was submitted for that rule+wildcards;
+      local rules ran outside SLURM;
+  (b) the GPU-declaring rules (derived from the workflow: resources.gpu > 0 with training.gpu = 1)
+      are covered by a GPU block of the profile, were submitted with a GPU request (TresPerJob
+      gres:gpu) and saw CUDA_VISIBLE_DEVICES; every other job neither;
+  (c) the outputs equal those of the local run: HDF5 arrays and attributes, parquet tables
+      (manifests, sources, predictions, ...) value for value, the same set of result files.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_packages
+from workflow_helpers import REPO, SNAKEMAKE, load_tiny, write_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+
+PROFILE = REPO / "profiles" / "slurm"
+RUN_TIMEOUT = 900  # seconds per snakemake run; the whole test normally takes a few minutes
+# Only for the test cluster: poll soon (default 40 s) so the short tiny jobs do not wait idle.
+SLURM_TEST_ARGS = ["--slurm-no-account", "--slurm-keep-successful-logs", "--retries", "0",
+                   "--slurm-init-seconds-before-status-checks", "5"]
+ENV_LINE = re.compile(r"environment: SLURM_JOB_ID=(\S+) CUDA_VISIBLE_DEVICES=(\S+)")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    # the profile reads these; the test cluster has one partition (the default) and no accounts
+    for name in ("DPMED_SLURM_PARTITION", "DPMED_SLURM_ACCOUNT", "DPMED_GPU_PARTITION", "DPMED_GPU_MODEL"):
+        env.pop(name, None)
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _cmd(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    return [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(configfile), *args]
+
+
+def _start(workdir: Path, configfile: Path, *args: str) -> subprocess.Popen:
+    out = open(workdir / "snakemake.out", "w")
+    proc = subprocess.Popen(_cmd(workdir, configfile, *args), stdout=out, stderr=subprocess.STDOUT,
+                            text=True, env=_env(), start_new_session=True)
+    out.close()
+    return proc
+
+
+def _finish(proc: subprocess.Popen, workdir: Path, what: str, cluster: SlurmCluster | None = None) -> None:
+    try:
+        proc.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(timeout=60)
+    if proc.returncode != 0:
+        text = (workdir / "snakemake.out").read_text(errors="replace")
+        extra = ""
+        if cluster is not None:
+            failed = sorted((workdir / "slurm_logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)[-2:]
+            extra = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in failed)
+            extra += "\n" + cluster.logs()
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{text[-6000:]}\n{extra}")
+
+
+def _dry_run(workdir: Path, configfile: Path, *args: str) -> list[dict]:
+    """Every job a dry run plans: rule, local or not, wildcard values, log files, gpu resource."""
+    proc = subprocess.run(_cmd(workdir, configfile, "--dry-run", *args), capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 0, f"dry run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    text = proc.stdout + proc.stderr
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        head = re.match(r"(local)?rule (\w+):", block.strip())
+        if not head:
+            continue
+        field = lambda name: (m.group(1).strip() if (m := re.search(rf"^\s+{name}: (.*)$", block, re.M)) else "")
+        wildcards = [kv.split("=", 1)[1] for kv in field("wildcards").split(", ") if "=" in kv]
+        gpu = re.search(r"(?:^|, )gpu=(\d+)", field("resources"))
+        jobs.append({
+            "rule": head.group(2),
+            "local": bool(head.group(1)),
+            "output": field("output"),
+            "wildcards": "_".join(wildcards).replace("/", "_"),
+            "logs": [p for p in field("log").split(", ") if p],
+            "gpu": int(gpu.group(1)) if gpu else 0,
+        })
+    return jobs
+
+
+def _comment(job: dict) -> str:
+    """The comment the SLURM executor gives a job's submission."""
+    return f"rule_{job['rule']}" + (f"_wildcards_{job['wildcards']}" if job["wildcards"] else "")
+
+
+def _slurm_jobs() -> dict[str, dict]:
+    """Every job slurmctld knows (MinJobAge keeps finished ones): id -> comment, state, GPU request."""
+    out = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=30).stdout
+    jobs = {}
+    for line in out.splitlines():
+        fields = dict(m.groups() for m in re.finditer(r"(\w[\w/:]*)=(\S*)", line))
+        if "JobId" in fields:
+            jobs[fields["JobId"]] = {"comment": fields.get("Comment", ""), "state": fields.get("JobState"),
+                                     "tres_per_job": fields.get("TresPerJob", "")}
+    return jobs
+
+
+def _env_line(path: Path) -> tuple[str, str] | None:
+    if not path.exists():
+        return None
+    for line in path.read_text(errors="replace").splitlines()[:20]:
+        if m := ENV_LINE.search(line):
+            return m.group(1), m.group(2)
+    return None
+
+
+def _profile() -> dict:
+    import yte
+
+    with open(PROFILE / "config.yaml") as fh:
+        return yte.process_yaml(fh, require_use_yte=True)
+
+
+def _h5_items(path: Path) -> dict:
+    items = {}
+    with h5py.File(path, "r") as fh:
+        items["/"] = dict(fh.attrs)
+        fh.visititems(lambda name, obj: items.__setitem__(
+            name, (obj[()], dict(obj.attrs)) if isinstance(obj, h5py.Dataset) else dict(obj.attrs)))
+    return items
+
+
+def _assert_equal_values(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_equal_values(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, tuple):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_equal_values(x, y, f"{where}[{i}]")
+    else:
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{where}: values differ"
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test needs root: it installs slurmctld/slurmd/slurm-client/munge with apt-get "
+                    "if missing, writes /etc/slurm/slurm.conf and starts the daemons")
+    try:
+        apt_seconds = ensure_packages()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no SLURM cluster possible here: {exc}")
+    root = Path(tempfile.mkdtemp(prefix="dpmed-slurm-"))  # short: the munge socket path is limited
+    # room for the profile's largest requests; nothing is enforced (no cgroups), it only schedules
+    profile = _profile()
+    requests = [res for res in profile.get("set-resources", {}).values()] + [profile.get("default-resources", {})]
+    cpus = max([4, os.cpu_count() or 1] + [int(r.get("cpus_per_gpu", 0)) * int(r.get("gpu", 1)) for r in requests])
+    memory = max([16000] + [int(r.get("mem_mb", 0)) for r in requests]) + 1000
+    slurm = SlurmCluster(root, cpus=cpus, memory_mb=memory)
+    try:
+        slurm.start()
+    except ClusterUnavailable as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"no SLURM cluster possible here: {exc}")
+    slurm.apt_seconds = apt_seconds
+    try:
+        yield slurm
+    finally:
+        slurm.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    """The tiny config run locally and on SLURM, plus what the workflow plans for the SLURM run."""
+    started = time.monotonic()
+    config = load_tiny()
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    if "gpu" in schema["properties"].get("training", {}).get("properties", {}):
+        config.setdefault("training", {})["gpu"] = 1  # what a GPU cluster run would set
+    local, remote = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm")
+    configs = {wd: write_config(wd, copy.deepcopy(config)) for wd in (local, remote)}
+
+    # the pseudonym key is secret per installation: share it so record ids match between the runs
+    proc = subprocess.run(_cmd(local, configs[local], "--cores", "1", f"{config['private_dir']}/pseudonym.key"),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    key = Path(config["private_dir"]) / "pseudonym.key"
+    (remote / key).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(local / key, remote / key)
+
+    slurm_args = ["--workflow-profile", str(PROFILE), *SLURM_TEST_ARGS,
+                  "--slurm-logdir", str(remote / "slurm_logs")]
+    planned = _dry_run(remote, configs[remote], *slurm_args)
+    declared = _dry_run(remote, configs[remote], "--cores", "2")  # the workflow alone (default profile)
+
+    remote_proc = _start(remote, configs[remote], *slurm_args)
+    local_proc = _start(local, configs[local], "--cores", "2")
+    try:
+        _finish(local_proc, local, "local run")
+        _finish(remote_proc, remote, "SLURM run", cluster)
+    finally:
+        for proc in (local_proc, remote_proc):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    print(f"\napt: {cluster.apt_seconds:.0f}s, both runs: {time.monotonic() - started:.0f}s")
+    return {"local": local, "remote": remote, "config": config, "planned": planned,
+            "declared": declared, "slurm_jobs": _slurm_jobs()}
+
+
+# ---------------------------------------------------------------------------- tests
+
+def test_every_job_ran_as_one_slurm_job(runs):
+    planned = [j for j in runs["planned"] if j["output"]]  # the `all` target has no output
+    remote_jobs = [j for j in planned if not j["local"]]
+    assert remote_jobs, "nothing was planned for the cluster"
+    slurm = runs["slurm_jobs"]
+    comments = Counter(job["comment"] for job in slurm.values())
+    expected = Counter(_comment(j) for j in remote_jobs)
+    assert comments == expected, f"submissions {dict(comments)} != planned jobs {dict(expected)}"
+    assert {job["state"] for job in slurm.values()} == {"COMPLETED"}
+
+    with_env = 0
+    for job in planned:
+        env = _env_line(runs["remote"] / job["logs"][0]) if job["logs"] else None
+        if env is None:
+            continue
+        with_env += 1
+        slurm_id = env[0]
+        if job["local"]:
+            assert slurm_id == "-", f"local rule {job['rule']} ran inside SLURM job {slurm_id}"
+        else:
+            assert slurm_id in slurm, f"{job['logs'][0]}: SLURM_JOB_ID={slurm_id} unknown to slurmctld"
+            assert slurm[slurm_id]["comment"] == _comment(job), (job["logs"][0], slurm[slurm_id])
+    # most scripts log their environment through _log.setup; make sure that check is not vacuous
+    assert with_env >= len(remote_jobs) // 2, f"only {with_env} job logs have the environment line"
+    # the local baseline did not run inside SLURM
+    local_envs = {_env_line(runs["local"] / j["logs"][0]) for j in planned if j["logs"]} - {None}
+    assert local_envs and {slurm_id for slurm_id, _ in local_envs} == {"-"}
+
+
+def test_gpu_rules_get_a_gpu_and_the_others_do_not(runs):
+    in_dag = {j["rule"] for j in runs["declared"]}
+    gpu_rules = {j["rule"] for j in runs["declared"] if j["gpu"] > 0}  # derived from the workflow
+    profile_gpu = {rule for rule, res in (_profile().get("set-resources") or {}).items() if int(res.get("gpu", 0)) > 0}
+    assert gpu_rules <= profile_gpu, f"GPU rules without a GPU block in profiles/slurm: {gpu_rules - profile_gpu}"
+    assert profile_gpu & in_dag <= gpu_rules, \
+        f"profile requests GPUs for rules that declare none: {(profile_gpu & in_dag) - gpu_rules}"
+    if not gpu_rules:
+        pytest.skip("the workflow declares no GPU rule yet (nothing with resources.gpu > 0 at training.gpu = 1)")
+
+    planned = [j for j in runs["planned"] if j["output"] and not j["local"]]
+    assert {j["rule"] for j in planned if j["gpu"] > 0} == gpu_rules & {j["rule"] for j in planned}
+    rule_of = {_comment(j): j["rule"] for j in planned}
+    for slurm_id, job in runs["slurm_jobs"].items():
+        has_gpu = "gpu" in job["tres_per_job"]  # --gpus=1 -> TresPerJob=gres:gpu:1
+        assert has_gpu == (rule_of[job["comment"]] in gpu_rules), f"{slurm_id} {job}"
+
+    seen = Counter()
+    for job in planned:
+        if not job["logs"]:
+            continue
+        env = _env_line(runs["remote"] / job["logs"][0])
+        if job["rule"] in gpu_rules:
+            assert env is not None, f"{job['rule']}: {job['logs'][0]} has no environment line (use _log.setup)"
+        if env is None:
+            continue
+        visible = env[1] != "-"
+        assert visible == (job["rule"] in gpu_rules), f"{job['logs'][0]}: CUDA_VISIBLE_DEVICES={env[1]}"
+        seen[job["rule"] in gpu_rules] += 1
+    assert seen[True] > 0
+
+
+def test_outputs_equal_the_local_run(runs):
+    local, remote = runs["local"], runs["remote"]
+    private = runs["config"]["private_dir"]
+    files = {}
+    for wd in (local, remote):
+        files[wd] = sorted(p.relative_to(wd) for folder in ("results", private) for p in (wd / folder).rglob("*")
+                           if p.is_file())
+    assert files[local] == files[remote]
+    compared = Counter()
+    for rel in files[local]:
+        a, b = local / rel, remote / rel
+        if rel.suffix == ".h5":
+            _assert_equal_values(_h5_items(a), _h5_items(b), str(rel))
+        elif rel.suffix == ".parquet":
+            pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=str(rel))
+        elif rel.name in ("rejected.csv", "pseudonym.key"):
+            assert a.read_bytes() == b.read_bytes(), rel
+        else:
+            continue
+        compared[rel.suffix] += 1
+    assert compared[".h5"] >= 12 and compared[".parquet"] >= 8, compared
