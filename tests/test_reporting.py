@@ -217,12 +217,12 @@ def test_single_label_dataset(tmp_path):
         assert p.exists()
         if p.suffix == ".png":
             check_png(p)
-    data = plot_label_auroc_vs_epsilon(m, tmp_path / "one.png")
+    data = plots.label_auroc_data(m)  # the numbers only; the PNG was written above
     assert set(data["panel"]) == {"pdac"} and len(data) == 4
-    assert data.attrs["size_px"] == (int(round(4.0 * 150)), int(round(4.2 * 150)))
-    check_png(tmp_path / "one.png", data.attrs["size_px"])
-    pos = plot_auroc_vs_positives(m, tmp_path / "pos.png")
-    assert math.isnan(pos.attrs["pearson_r"]["private"])  # one x value: r undefined
+    check_png(tmp_path / "label_auroc_vs_epsilon.png", (900, 660))  # 6.0 x 4.4 in, 150 dpi
+    corr = pd.read_csv(tmp_path / "correlations.csv")
+    r = corr.loc[(corr["analysis"] == "auroc_vs_n_positive") & (corr["group"] == "private"), "r"]
+    assert r.isna().all()  # one label: a single x value, r undefined
 
 
 def test_only_non_private_model(tmp_path):
@@ -234,7 +234,7 @@ def test_only_non_private_model(tmp_path):
             check_png(p)
     lines = (tmp_path / "table1.md").read_text().strip().splitlines()
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["N", "∞"]
-    data = plot_metrics_vs_epsilon(m, tmp_path / "a.png")
+    data = plots.metrics_vs_epsilon_data(m)
     assert set(data["kind"]) == {"non_private"} and len(data) == 4
 
 

@@ -140,10 +140,12 @@ def _eps_axis(ax, eps: list[float]) -> None:
         ticks = _thin_ticks(sorted(set(eps)))
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    else:
+        ax.set_xlabel("privacy budget ε (log scale)")
+    else:  # only the non-private model: no ε axis to speak of
         ax.set_xlim(0.1, 10)
+        ax.xaxis.set_major_locator(NullLocator())
+        ax.set_xlabel("no private model trained (only ε = ∞)")
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("privacy budget ε (log scale)")
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -205,7 +207,9 @@ def _legend(fig: Figure, colours: dict[str, str], methods: list[str], title: str
         styles.append(Line2D([], [], color="0.3", ls="--", lw=1.4,
                              label="non-private, ε = ∞ (band: ± bootstrap std)"))
     if styles:
-        fig.legend(handles=styles, loc="outside lower center", ncol=min(len(styles), 3),
+        narrow = fig.get_size_inches()[0] < 9
+        fig.legend(handles=styles, loc="outside lower center",
+                   ncol=1 if narrow else min(len(styles), 3),
                    frameon=False, fontsize=9)
     if colours and (len(colours) > 1 or title):
         hs = [Line2D([], [], color=c, lw=2.5, label=s) for s, c in colours.items()]
@@ -248,9 +252,6 @@ def _epsilon_figure(data: pd.DataFrame, panels: dict[str, str], ylabel: str, tit
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    if not eps:
-        axes.flat[0].text(0.02, 0.02, "only the non-private model was trained",
-                          transform=axes.flat[0].transAxes, fontsize=8, color="0.35")
     fig.suptitle(title, fontsize=12)
     if legend:
         _legend(fig, colours, methods, legend_title,
@@ -324,7 +325,7 @@ def plot_label_auroc_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path) -> p
     fig = _epsilon_figure(
         data, {lb: lb.replace("_", " ") for lb in labels}, "AUROC",
         f"{_dataset_name(df)}AUROC per label vs ε (whole test set)", None, ncols=ncols,
-        figsize=(3.4 * ncols + 0.6, 3.0 * nrows + 1.2), eps=eps, methods=_private_methods(df))
+        figsize=(max(3.4 * ncols + 0.6, 6.0), 3.0 * nrows + 1.4), eps=eps, methods=_private_methods(df))
     data.attrs["size_px"] = _save(fig, out_png)
     return data
 
