@@ -240,3 +240,57 @@ def test_init_weights_2d_to_3d_and_head_reinit(tmp_path):
     m2b = build_model({**CFG, "num_labels": 3})
     info = clf._init_from(m2b, path, ["x", "y", "z"])
     assert not info["head_reinitialised"] and torch.equal(m2b.fc.weight, m2.fc.weight)
+
+
+# ----------------------------------------------------------------------------- 3D (ACS) under DP
+def test_ct_volumes_dp_from_2d_init(tmp_path):
+    from dpmed.models import build_model
+    from training_helpers import make_ct_cohort
+
+    paths, man = make_ct_cohort(tmp_path)
+    m2 = build_model({**CFG, "num_labels": 2})
+    init = tmp_path / "pre.pt"
+    torch.save({"state_dict": m2.state_dict(), "model_cfg": m2.config(), "labels": LABELS}, init)
+    res = clf.train_classifier(
+        train_h5=paths["train"], val_h5=paths["val"], test_h5=paths["test"], manifest=man, labels=["pdac"],
+        out_dir=tmp_path / "out", epsilon=8.0, seed=0, init_weights=init,
+        settings={"epochs": 1, "batch_size": 6, "physical_batch_size": 4, "lr": 1e-3, "delta": DELTA,
+                  "accountant": "rdp", "max_grad_norm": 1.0},
+        model_cfg={**CFG, "dims": 3, "activation": "mish"},
+    )
+    assert res["steps"] == 2 and res["init"]["head_reinitialised"]
+    card = read_privacy_card(tmp_path / "out" / "privacy.json")
+    assert card["max_records_per_patient"] == 1 and card["epsilon_spent"] <= 8.0
+    assert any("initial model weights" in e["what"] for e in card["non_private_inputs"])
+    pred = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert len(pred) == 8 and {"y_pdac", "score_pdac"} <= set(pred.columns)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "bk"])
+def test_dp_empty_poisson_batches_are_noise_steps(tmp_path, mode):
+    paths, man = make_cohort(tmp_path, sizes=(12, 4, 4), size=16)
+    import dpmed.training.dp as dp
+
+    empties = []
+    orig = dp.step_on_empty_batch
+
+    def spy(opt):
+        empties.append(1)
+        return orig(opt)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(dp, "step_on_empty_batch", spy)
+    try:
+        res = clf.train_classifier(
+            train_h5=paths["train"], val_h5=paths["val"], test_h5=None, manifest=man, labels=LABELS,
+            out_dir=tmp_path / "o", epsilon=10.0, seed=5,
+            settings={"epochs": 2, "batch_size": 1, "lr": 1e-3, "delta": DELTA, "accountant": "rdp",
+                      "grad_sample_mode": mode},
+            model_cfg={**CFG, "activation": "mish"},
+        )
+    finally:
+        mp.undo()
+    assert res["steps"] == 24 and empties  # q = 1/12: P(no empty batch in 24 draws) ~ 3e-5
+    assert np.isnan(res["test_auroc"])
+    pred = pd.read_parquet(tmp_path / "o" / "predictions.parquet")
+    assert set(pred["split"]) == {"val"}

@@ -59,3 +59,26 @@ def make_cohort(root: Path, sizes=(96, 32, 32), size: int = 24, seed: int = 0, e
     man = root / "manifest.parquet"
     pd.DataFrame(rows).to_parquet(man, index=False)
     return paths, man
+
+
+def make_ct_cohort(root: Path, sizes=(12, 4, 4), shape=(8, 8, 8), seed: int = 0):
+    """Tiny float16 volume caches (values in [0, 1]) with one label ``pdac`` (bright cube)."""
+    rng = np.random.default_rng(seed)
+    rows, paths = [], {}
+    for split, n in zip(("train", "val", "test"), sizes):
+        y = np.arange(n) % 2
+        path = root / "preprocessed" / f"{split}.h5"
+        with CacheWriter(path, n, shape, np.float16,
+                         {"dataset": "ct", "split": split, "kind": "ct", "value_range": [0.0, 1.0]}) as w:
+            for i in range(n):
+                vol = rng.uniform(0, 0.3, size=shape)
+                if y[i]:
+                    vol[2:5, 2:5, 2:5] += 0.6
+                rid = f"ct-{split}-{i}"
+                w.write(i, rid, vol.astype(np.float16))
+                rows.append({"record_id": rid, "patient_id": rid, "split": split, "sex": "F", "age": 60,
+                             "age_group": "Q2", "label_pdac": int(y[i])})
+        paths[split] = path
+    man = root / "manifest.parquet"
+    pd.DataFrame(rows).to_parquet(man, index=False)
+    return paths, man

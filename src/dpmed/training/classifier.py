@@ -560,8 +560,10 @@ def _train(*, s: TrainSettings, train_h5, val_h5, test_h5, manifest, labels, out
         loss_sum, n_seen = 0.0, 0
         if private:
             before = step_counter["n"]
-            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=s.physical_batch_size,
+            with warnings.catch_warnings(), BatchMemoryManager(data_loader=loader, max_physical_batch_size=s.physical_batch_size,
                                     optimizer=optimizer) as mem_loader:
+                # Opacus' hooks on the first layer (input needs no grad): harmless, not actionable
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 for x, y in mem_loader:
                     if len(x) == 0:  # empty Poisson batch: a pure-noise step (accounted)
                         step_on_empty_batch(optimizer)
