@@ -1,10 +1,11 @@
 """Accounting and calibration, cross-checked against Google's dp_accounting built here.
 
 Tolerances (why they are what they are):
-* PRV (Opacus) reports ``estimate + eps_error`` with eps_error ≤ 0.01 (our default), a
-  rigorous upper bound; PLD (dp_accounting, pessimistic, discretisation 1e-4) is an
-  upper bound whose discretisation slack is much smaller. Both approximate the same exact
-  ε, so  PLD − 0.002 ≤ PRV ≤ PLD + 0.01 + 0.5 %·ε  (estimate vs estimate agree to < 0.5 %).
+* PRV (Opacus) reports ``estimate + eps_error`` with eps_error = min(0.01, 1 % ε_RDP)
+  (our default), a rigorous upper bound. The reference PLD here (dp_accounting,
+  pessimistic, discretisation 1e-5) is converged to ~0.1 % (measured: 1e-4 is still 2.4 %
+  pessimistic at ε = 0.29). Both approximate the same exact ε, so
+  PLD − 0.002 − 0.5 %·ε ≤ PRV ≤ PLD + eps_error + 0.5 %·ε.
 * RDP is an upper bound on the exact ε obtained through Rényi divergences, typically
   5–15 % above PRV/PLD for these settings: so RDP ≥ PLD and RDP ≤ 1.25·PRV.
 * Our "rdp" (Opacus formulas, orders up to 1024) vs dp_accounting's RDP (its default orders,
@@ -38,8 +39,8 @@ def dpa_event(sigma, q, steps):
     )
 
 
-def dpa_pld(sigma, q, steps, delta):
-    acc = PLDAccountant(value_discretization_interval=1e-4)
+def dpa_pld(sigma, q, steps, delta, interval=1e-5):
+    acc = PLDAccountant(value_discretization_interval=interval)
     acc.compose(dpa_event(sigma, q, steps))
     return acc.get_epsilon(delta)
 
@@ -53,7 +54,7 @@ def dpa_rdp(sigma, q, steps, delta):
 def assert_agrees_with_independent(eps_prv, sigma, q, steps, delta):
     pld = dpa_pld(sigma, q, steps, delta)
     rdp = dpa_rdp(sigma, q, steps, delta)
-    assert pld - 0.002 <= eps_prv <= pld + 0.01 + 0.005 * pld, (eps_prv, pld)
+    assert pld - 0.002 - 0.005 * pld <= eps_prv <= pld + min(0.01, 0.011 * rdp) + 0.005 * pld, (eps_prv, pld)
     assert rdp >= pld, (rdp, pld)
     assert rdp <= 1.25 * eps_prv, (rdp, eps_prv)
 
@@ -73,7 +74,9 @@ def test_epsilon_spent_matches_dp_accounting(sigma, q, steps, delta):
     prv = epsilon_spent(sigma, q, steps, delta, "prv")
     assert_agrees_with_independent(prv, sigma, q, steps, delta)
     # "pld" is dp_accounting itself, built the same way: equal up to float noise
-    assert epsilon_spent(sigma, q, steps, delta, "pld") == pytest.approx(dpa_pld(sigma, q, steps, delta), rel=1e-9)
+    assert epsilon_spent(sigma, q, steps, delta, "pld", precision=1e-4) == pytest.approx(
+        dpa_pld(sigma, q, steps, delta, 1e-4), rel=1e-9
+    )
     # "rdp": Opacus' RDP formulas vs dp_accounting's RDP implementation
     assert epsilon_spent(sigma, q, steps, delta, "rdp") == pytest.approx(dpa_rdp(sigma, q, steps, delta), rel=0.02)
 
