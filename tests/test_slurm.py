@@ -42,9 +42,10 @@ pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 PROFILE = REPO / "profiles" / "slurm"
 RUN_TIMEOUT = 900  # seconds per snakemake run; the whole test normally takes a few minutes
-# Only for the test cluster: poll soon (default 40 s) so the short tiny jobs do not wait idle.
-SLURM_TEST_ARGS = ["--slurm-no-account", "--slurm-keep-successful-logs", "--retries", "0",
-                   "--slurm-init-seconds-before-status-checks", "5"]
+# Only for the test cluster: no accounts and no accounting database (so job states from squeue;
+# MinJobAge keeps finished jobs there), poll soon (default 40 s) so the short tiny jobs do not wait.
+SLURM_TEST_ARGS = ["--slurm-no-account", "--slurm-status-command", "squeue", "--slurm-keep-successful-logs",
+                   "--retries", "0", "--slurm-init-seconds-before-status-checks", "5"]
 ENV_LINE = re.compile(r"environment: SLURM_JOB_ID=(\S+) CUDA_VISIBLE_DEVICES=(\S+)")
 
 
@@ -88,7 +89,7 @@ def _finish(proc: subprocess.Popen, workdir: Path, what: str, cluster: SlurmClus
 
 
 def _dry_run(workdir: Path, configfile: Path, *args: str) -> list[dict]:
-    """Every job a dry run plans: rule, local or not, wildcard values, log files, gpu resource."""
+    """Every job a dry run plans: rule, wildcard values, log files, gpu resource."""
     proc = subprocess.run(_cmd(workdir, configfile, "--dry-run", *args), capture_output=True, text=True,
                           env=_env(), timeout=300)
     assert proc.returncode == 0, f"dry run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -154,18 +155,29 @@ def _h5_items(path: Path) -> dict:
     return items
 
 
-def _assert_equal_values(a, b, where: str) -> None:
+# Trained models are not bit-identical between the two runs (float rounding in torch; seen as
+# ~1e-4 differences in cxr scores while the ct ones matched exactly): their outputs are compared
+# value for value with this tolerance (also the evaluations computed from them), everything
+# before training exactly.
+MODEL_OUTPUT_DIRS = {"classifiers", "pretrained", "embeddings", "evaluation", "summary"}
+MODEL_TOL = 1e-3
+
+
+def _assert_equal_values(a, b, where: str, tol: float = 0.0) -> None:
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
-            _assert_equal_values(a[key], b[key], f"{where}/{key}")
+            _assert_equal_values(a[key], b[key], f"{where}/{key}", tol)
     elif isinstance(a, tuple):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_equal_values(x, y, f"{where}[{i}]")
+            _assert_equal_values(x, y, f"{where}[{i}]", tol)
     else:
         a, b = np.asarray(a), np.asarray(b)
         assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{where}: values differ"
+        if tol and a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=where)
+        else:
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{where}: values differ"
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -234,6 +246,10 @@ def runs(cluster, tmp_path_factory):
                 proc.terminate()
                 proc.wait(timeout=60)
     print(f"\napt: {cluster.apt_seconds:.0f}s, both runs: {time.monotonic() - started:.0f}s")
+    # a dry run does not say which jobs stay local; the SLURM run prints them as `localrule`
+    local_rules = set(re.findall(r"^localrule (\w+):", (remote / "snakemake.out").read_text(), re.M))
+    for job in planned + declared:
+        job["local"] = job["rule"] in local_rules
     return {"local": local, "remote": remote, "config": config, "planned": planned,
             "declared": declared, "slurm_jobs": _slurm_jobs()}
 
@@ -243,7 +259,7 @@ def runs(cluster, tmp_path_factory):
 def test_every_job_ran_as_one_slurm_job(runs):
     planned = [j for j in runs["planned"] if j["output"]]  # the `all` target has no output
     remote_jobs = [j for j in planned if not j["local"]]
-    assert remote_jobs, "nothing was planned for the cluster"
+    assert len(remote_jobs) > len(planned) // 2, "most jobs should go to the cluster"
     slurm = runs["slurm_jobs"]
     comments = Counter(job["comment"] for job in slurm.values())
     expected = Counter(_comment(j) for j in remote_jobs)
@@ -274,6 +290,8 @@ def test_gpu_rules_get_a_gpu_and_the_others_do_not(runs):
     gpu_rules = {j["rule"] for j in runs["declared"] if j["gpu"] > 0}  # derived from the workflow
     profile_gpu = {rule for rule, res in (_profile().get("set-resources") or {}).items() if int(res.get("gpu", 0)) > 0}
     assert gpu_rules <= profile_gpu, f"GPU rules without a GPU block in profiles/slurm: {gpu_rules - profile_gpu}"
+    local_gpu = {j["rule"] for j in runs["declared"] if j["local"]} & gpu_rules
+    assert not local_gpu, f"GPU rules must not be localrules: {local_gpu}"
     assert profile_gpu & in_dag <= gpu_rules, \
         f"profile requests GPUs for rules that declare none: {(profile_gpu & in_dag) - gpu_rules}"
     if not gpu_rules:
@@ -301,9 +319,7 @@ def test_gpu_rules_get_a_gpu_and_the_others_do_not(runs):
     assert seen[True] > 0
 
 
-def test_outputs_equal_the_local_run(runs):
-    local, remote = runs["local"], runs["remote"]
-    private = runs["config"]["private_dir"]
+def _compare_outputs(local: Path, remote: Path, private: str) -> Counter:
     files = {}
     for wd in (local, remote):
         files[wd] = sorted(p.relative_to(wd) for folder in ("results", private) for p in (wd / folder).rglob("*")
@@ -312,13 +328,25 @@ def test_outputs_equal_the_local_run(runs):
     compared = Counter()
     for rel in files[local]:
         a, b = local / rel, remote / rel
+        tol = MODEL_TOL if MODEL_OUTPUT_DIRS & set(rel.parts) else 0.0
         if rel.suffix == ".h5":
-            _assert_equal_values(_h5_items(a), _h5_items(b), str(rel))
+            _assert_equal_values(_h5_items(a), _h5_items(b), str(rel), tol)
         elif rel.suffix == ".parquet":
-            pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=str(rel))
+            # private source tables hold absolute paths into each run's own workdir
+            frames = [pd.read_parquet(p).replace(re.escape(str(wd)), "<workdir>", regex=True) if rel.parts[0] == private
+                      else pd.read_parquet(p) for p, wd in ((a, local), (b, remote))]
+            pd.testing.assert_frame_equal(*frames, check_exact=not tol, rtol=tol or 1e-5, atol=tol or 1e-8,
+                                          obj=str(rel))
         elif rel.name in ("rejected.csv", "pseudonym.key"):
             assert a.read_bytes() == b.read_bytes(), rel
         else:
             continue
-        compared[rel.suffix] += 1
+        compared["predictions" if rel.name == "predictions.parquet" else rel.suffix] += 1
+    return compared
+
+
+def test_outputs_equal_the_local_run(runs):
+    compared = _compare_outputs(runs["local"], runs["remote"], runs["config"]["private_dir"])
     assert compared[".h5"] >= 12 and compared[".parquet"] >= 8, compared
+    n_models = sum(1 for j in runs["planned"] if j["rule"] == "train_classifier")
+    assert compared["predictions"] >= n_models, (compared, n_models)
