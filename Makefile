@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 reproduce: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores 1 --report results/report.html
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --cores 1

@@ -312,3 +312,15 @@ def test_bk_conv_norm_methods_agree(stride, k):
     ref = torch.stack(ref)
     for name, fn in _CONV_NORM_METHODS.items():
         torch.testing.assert_close(fn(a, g, conv), ref, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_bk_conv_norm_choice_is_deterministic_and_batch_independent():
+    """The exact-norm method depends on layer shapes only (never on timing or batch size), so
+    repeated runs of a job produce bit-identical gradients whatever the machine load."""
+    from dpmed.training.dp import conv_norm_method
+
+    early = conv_norm_method((32, 64, 32, 32), (32, 64, 32, 32), (3, 3))   # L=1024, p=576, o=64
+    deep = conv_norm_method((32, 256, 8, 8), (32, 512, 4, 4), (3, 3))      # L=16, p=2304, o=512
+    assert (early, deep) == ("grouped", "gram")
+    for n in (1, 7, 64):
+        assert conv_norm_method((n, 256, 8, 8), (n, 512, 4, 4), (3, 3)) == deep

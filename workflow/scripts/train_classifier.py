@@ -18,9 +18,9 @@ log = _log.setup(sm)
 p = sm.params.training
 epsilon = float(p.get("epsilon", math.inf))
 labels = p["labels"]
-non_private_inputs = [
-    {"what": "input normalisation", "source": "fixed constants (not computed from any data)"},
-]
+# The trainer records normalisation, initial weights and loss weights itself; this adds where
+# the latter two came from.
+non_private_inputs = []
 
 pos_weight = None
 if math.isfinite(epsilon):
@@ -42,6 +42,8 @@ if init_weights:
         {"what": "initial weights", "source": f"non-private pretraining on public cohort {p['pretrain']['dataset']}"}
     )
 
+# Keys this script consumes itself; the rest are the trainer's hyperparameters.
+settings = {k: v for k, v in p["settings"].items() if k not in ("class_weights_from", "weighted_loss")}
 result = train_classifier(
     train_h5=sm.input.train,
     val_h5=sm.input.val,
@@ -50,7 +52,7 @@ result = train_classifier(
     labels=labels,
     out_dir=Path(sm.output.model).parent,
     epsilon=epsilon,
-    settings=p["settings"],
+    settings=settings,
     model_cfg=p["model"],
     seed=p["seed"],
     device=sm.params.device,

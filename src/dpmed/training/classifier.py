@@ -593,7 +593,9 @@ def _train(*, s: TrainSettings, train_h5, val_h5, test_h5, manifest, labels, out
                 optimizer.step()
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(n_seen, 1),
+            # Under DP the training loss is an un-noised statistic of the private records:
+            # it would escape the mechanism, so it is not recorded.
+            "train_loss": float("nan") if private else loss_sum / max(n_seen, 1),
             "val_auroc": float("nan"),
             "epsilon": accountant.epsilon(s.delta, s.accountant) if private else math.inf,
             "steps": (epoch + 1) * steps_per_epoch,
@@ -667,8 +669,9 @@ def _train(*, s: TrainSettings, train_h5, val_h5, test_h5, manifest, labels, out
         npi.append({"what": f"BCE pos_weight {[round(v, 6) for v in pw.tolist()]}", "source": pw_source})
     k = _max_records_per_patient(man, train_ds.record_ids)
     extra = [
-        "history.csv's train_loss is an un-noised statistic of the private training data and "
-        "val_auroc uses the validation split: diagnostics only, not covered by the guarantee.",
+        "history.csv's val_auroc and the reported metrics use the validation/test splits, which "
+        "DP-SGD does not protect (only training records are covered); the training loss is not "
+        "recorded under DP because it is an un-noised statistic of the training records.",
     ]
     if private:
         card = build_privacy_card(

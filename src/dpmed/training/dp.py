@@ -25,7 +25,7 @@ Modes
               (true ghost norms for Linear, instantiated per-layer gradients for conv/norm
               layers), then a second backward of the re-weighted loss. The optimizer never sees
               per-sample gradients; the returned criterion drives the two passes.
-``bk``        dpmed's single-pass exact clipping (book-keeping with per-layer choice of ghost
+``bk``        dpmed's single-pass exact clipping (book-keeping with a per-layer, shape-based choice of ghost
               or instantiated norms; see the section at the end of this file). Not Opacus
               code, but Opacus' optimizer (noise, scaling) and accountant. Fastest on CPU.
 
@@ -281,29 +281,30 @@ def _conv2d_norm2_gram(a, g, conv):
 
 
 _CONV_NORM_METHODS = {"grouped": _conv2d_norm2_grouped, "gram": _conv2d_norm2_gram, "unfold": _conv2d_norm2_unfold}
-_CONV_NORM_CHOICE: dict = {}  # (shapes, conv hyper-parameters) -> fastest method name
+
+
+def conv_norm_method(a_shape, g_shape, kernel_size) -> str:
+    """Which exact per-sample conv norm to use, from shapes alone.
+
+    A deterministic cost model, not timing: the methods round differently, and a choice that
+    depended on machine load would make two runs of the same job differ in the last bits (and,
+    compounded over training, in the scores). Ghost/Gram costs ~ L^2 (p + o), instantiation
+    ~ L p o (L output positions, p = C_in k^2, o = C_out); the grouped weight-gradient call is
+    the fastest instantiation on CPU. The batch size cancels, so every batch uses one method.
+    """
+    positions = 1
+    for d in g_shape[2:]:
+        positions *= int(d)
+    p = int(a_shape[1]) * int(kernel_size[0]) * int(kernel_size[1])
+    o = int(g_shape[1])
+    if positions <= 1024 and positions * (p + o) < p * o:
+        return "gram"
+    return "grouped"
 
 
 def _conv2d_norm2(a: torch.Tensor, g: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """Exact per-sample squared gradient norm of a Conv2d weight; the method (all exact) is picked
-    by timing each once per layer shape (CPU speeds differ by >5x between layers)."""
-    import time
-
-    key = (tuple(a.shape), tuple(g.shape), conv.kernel_size, conv.stride, conv.padding, conv.dilation, a.dtype)
-    name = _CONV_NORM_CHOICE.get(key)
-    if name is not None:
-        return _CONV_NORM_METHODS[name](a, g, conv)
-    best, out = None, None
-    for cand, fn in _CONV_NORM_METHODS.items():
-        if cand == "gram" and g.shape[2:].numel() > 1024:  # L x L Gram matrices would be huge
-            continue
-        t0 = time.perf_counter()
-        res = fn(a, g, conv)
-        dt = time.perf_counter() - t0
-        if best is None or dt < best[0]:
-            best, out = (dt, cand), res
-    _CONV_NORM_CHOICE[key] = best[1]
-    return out
+    """Exact per-sample squared gradient norm of a Conv2d weight (method: :func:`conv_norm_method`)."""
+    return _CONV_NORM_METHODS[conv_norm_method(a.shape, g.shape, conv.kernel_size)](a, g, conv)
 
 
 class _BKState:

@@ -1,0 +1,87 @@
+"""Exact partial rebuilds: after a complete tiny run, which jobs does `snakemake -n` schedule?
+
+Every value a job depends on reaches it through params; if one did not, a change would either
+schedule nothing (missed dependency) or too much (over-broad params) and these tests fail.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from workflow_helpers import planned_jobs, write_config
+
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("workflow")]
+
+
+def _plan(tiny_run, change, name):
+    workdir, _, config = tiny_run
+    changed = copy.deepcopy(config)
+    change(changed)
+    return planned_jobs(workdir, write_config(workdir, changed, name))
+
+
+def _model(dataset, eps):
+    return f"results/{dataset}/classifiers/dpsgd/eps_{eps}/seed_0/model.pt"
+
+
+def _metrics(dataset, eps):
+    return f"results/{dataset}/evaluation/dpsgd/eps_{eps}/seed_0/metrics.parquet"
+
+
+def _summary(dataset):
+    return ("summarise_dataset", f"results/{dataset}/summary/table1.csv")
+
+
+def test_no_change_nothing_to_do(tiny_run):
+    workdir, configfile, _ = tiny_run
+    assert planned_jobs(workdir, configfile) == set()
+
+
+def test_added_epsilon_runs_only_that_epsilon(tiny_run):
+    def add(cfg):
+        cfg["datasets"]["cxr"]["classifier"]["epsilons"].append(4.0)
+
+    assert _plan(tiny_run, add, "add_eps.yaml") == {
+        ("train_classifier", _model("cxr", "4")),
+        ("evaluate_classifier", _metrics("cxr", "4")),
+        _summary("cxr"),
+    }
+
+
+def test_dp_hyperparameter_reruns_dp_training_only(tiny_run):
+    def lr(cfg):
+        for name in ("cxr", "ct"):
+            cfg["datasets"][name]["classifier"]["dp"]["lr"] *= 2
+
+    jobs = _plan(tiny_run, lr, "dp_lr.yaml")
+    expected = set()
+    for name in ("cxr", "ct"):
+        for eps in ("1", "8"):
+            expected |= {("train_classifier", _model(name, eps)), ("evaluate_classifier", _metrics(name, eps))}
+        expected.add(_summary(name))
+    assert jobs == expected
+    assert not {rule for rule, _ in jobs} & {"preprocess", "pretrain_classifier", "extract_embeddings", "ingest"}
+
+
+def test_ct_window_reruns_the_ct_chain_only(tiny_run):
+    def window(cfg):
+        cfg["datasets"]["ct"]["preprocess"]["window"] = [-100, 200]
+
+    expected = {("preprocess", f"results/ct/preprocessed/{s}.h5") for s in ("train", "val", "test")}
+    for eps in ("1", "8", "inf"):
+        expected |= {("train_classifier", _model("ct", eps)), ("evaluate_classifier", _metrics("ct", eps))}
+    expected.add(_summary("ct"))
+    assert _plan(tiny_run, window, "ct_window_plan.yaml") == expected
+
+
+def test_evaluation_setting_reruns_evaluation_and_summaries(tiny_run):
+    def redraws(cfg):
+        cfg.setdefault("evaluation", {})["n_bootstrap"] = 123
+
+    expected = {_summary("cxr"), _summary("ct")}
+    for name in ("cxr", "ct"):
+        for eps in ("1", "8", "inf"):
+            expected.add(("evaluate_classifier", _metrics(name, eps)))
+    assert _plan(tiny_run, redraws, "redraws.yaml") == expected
