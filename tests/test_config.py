@@ -17,6 +17,23 @@ def test_shipped_configs_validate(path):
     assert {"cxr", "cxr_public", "ct", "mammography"} <= set(cfg["datasets"])
 
 
+@pytest.mark.parametrize("path", ["config/paper-cxr.yaml", "config/paper-ct.yaml", "config/paper-mammography.yaml"])
+def test_paper_configs_validate_and_carry_the_studies_numbers(path):
+    cfg = load_config(path)
+    for ds in cfg["datasets"].values():
+        if ds["kind"] == "radiograph":
+            assert ds["preprocess"]["size"] == 512
+        if ds["kind"] == "ct":
+            assert ds["preprocess"] == {"window": [-150, 250], "shape": [224, 224, 128]}
+            assert ds["classifier"]["dp"]["delta"] == 1e-3
+        if ds["kind"] == "mammography":
+            assert ds["preprocess"] == {"margin": 60, "min_side": 128, "size": 128}
+    if "cxr" in cfg["datasets"]:
+        clf = cfg["datasets"]["cxr"]["classifier"]
+        assert clf["epsilons"] == [0.29, 0.54, 1.06, 2.04, 4.71, 7.89]
+        assert (clf["dp"]["delta"], clf["dp"]["max_grad_norm"], clf["dp"]["epochs"]) == (6e-6, 1.5, 150)
+
+
 def test_defaults_filled():
     cfg = validate_config(_minimal())
     ds = cfg["datasets"]["cxr"]

@@ -70,5 +70,7 @@ rule extract_embeddings:
         "../envs/dpmed.yaml"
     log:
         "logs/{dataset}/embeddings_{encoder}.log",
+    benchmark:
+        "logs/{dataset}/embeddings_{encoder}.benchmark.tsv"
     script:
         "../scripts/extract_embeddings.py"
