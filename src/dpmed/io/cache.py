@@ -73,11 +73,12 @@ def read_cache(path: str | Path) -> tuple[np.ndarray, list[str], dict[str, Any]]
     with h5py.File(path, "r") as fh:
         images = fh["images"][()]
         ids = [s.decode() if isinstance(s, bytes) else s for s in fh["record_id"][()]]
-        attrs = {k: _decode_attr(v) for k, v in fh.attrs.items()}
+        attrs = {k: decode_attr(v) for k, v in fh.attrs.items()}
     return images, ids, attrs
 
 
-def _decode_attr(value):
+def decode_attr(value):
+    """An HDF5 attribute as written by :class:`CacheWriter` (JSON strings decoded)."""
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, str):
@@ -85,4 +86,6 @@ def _decode_attr(value):
             return json.loads(value)
         except ValueError:
             return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     return value

@@ -25,12 +25,13 @@ Access
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 import h5py
+
+from dpmed.io.cache import decode_attr
 import numpy as np
 import pandas as pd
 import torch
@@ -53,19 +54,7 @@ def _decode(v) -> str:
 
 
 def _attr(fh: h5py.File, key: str, default=None):
-    if key not in fh.attrs:
-        return default
-    v = fh.attrs[key]
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, str):
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
+    return decode_attr(fh.attrs[key]) if key in fh.attrs else default
 
 
 def read_manifest(manifest) -> pd.DataFrame:
