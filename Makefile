@@ -26,9 +26,12 @@ reproduce: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --cores 1
 
+# Unit tests in parallel; then the workflow and SLURM tests in one process, because they share
+# one run of the whole workflow on config/tiny.yaml (a session fixture).
 test: $(STAMP)
 	$(BIN)/snakemake --lint --cores 1
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -n 2 -m "not workflow and not slurm"
+	$(BIN)/pytest -q -m "workflow or slurm"
 
 clean:
 	rm -rf results logs .snakemake

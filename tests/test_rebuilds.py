@@ -12,7 +12,7 @@ import pytest
 
 from workflow_helpers import planned_jobs, write_config
 
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("workflow")]
+pytestmark = [pytest.mark.workflow]
 
 
 def _plan(tiny_run, change, name):

@@ -38,7 +38,7 @@ import yaml
 from slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_packages
 from workflow_helpers import REPO, SNAKEMAKE, load_tiny, write_config
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("workflow")]
+pytestmark = [pytest.mark.slurm]
 
 PROFILE = REPO / "profiles" / "slurm"
 RUN_TIMEOUT = 900  # seconds per snakemake run; the whole test normally takes a few minutes

@@ -12,7 +12,7 @@ import pytest
 from dpmed.privacy.card import read_privacy_card
 from workflow_helpers import snakemake
 
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("workflow")]
+pytestmark = [pytest.mark.workflow]
 
 
 def _eps_labels(config, dataset):

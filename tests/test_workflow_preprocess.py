@@ -18,7 +18,7 @@ import pytest
 
 from workflow_helpers import planned_jobs, snakemake, write_config
 
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("workflow")]
+pytestmark = [pytest.mark.workflow]
 
 DATASETS = ["cxr", "cxr_public", "ct", "mammography"]
 TARGETS = [f"results/{d}/preprocessed/{s}.h5" for d in DATASETS for s in ("train", "val", "test")]

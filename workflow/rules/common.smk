@@ -20,11 +20,16 @@ def dataset_cfg(dataset):
     return config["datasets"][dataset]
 
 
+INGEST_KEYS = (
+    "kind", "adapter", "table", "description_csvs", "root", "labels", "grades", "split",
+    "age_groups", "demographics_required",
+)
+
+
 def ingest_slice(dataset):
-    """What ingestion depends on: the dataset's config without its preprocessing block."""
-    cfg = copy.deepcopy(dataset_cfg(dataset))
-    cfg.pop("preprocess", None)
-    return cfg
+    """Exactly what ingestion reads (not preprocessing or classifier settings)."""
+    cfg = dataset_cfg(dataset)
+    return {key: copy.deepcopy(cfg[key]) for key in INGEST_KEYS if key in cfg}
 
 
 def ingest_tables(wildcards):
