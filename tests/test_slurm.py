@@ -157,25 +157,20 @@ def _h5_items(path: Path) -> dict:
 
 # Every output, trained models included, must be identical: training is deterministic on CPU
 # (a load-dependent, timing-based kernel choice once made cxr scores differ by ~1e-4; it is gone).
-MODEL_OUTPUT_DIRS = {"classifiers", "pretrained", "embeddings", "evaluation", "summary"}
-MODEL_TOL = 0.0
 
 
-def _assert_equal_values(a, b, where: str, tol: float = 0.0) -> None:
+def _assert_equal_values(a, b, where: str) -> None:
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
-            _assert_equal_values(a[key], b[key], f"{where}/{key}", tol)
+            _assert_equal_values(a[key], b[key], f"{where}/{key}")
     elif isinstance(a, tuple):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_equal_values(x, y, f"{where}[{i}]", tol)
+            _assert_equal_values(x, y, f"{where}[{i}]")
     else:
         a, b = np.asarray(a), np.asarray(b)
         assert a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
-        if tol and a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=where)
-        else:
-            assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{where}: values differ"
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{where}: values differ"
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -321,14 +316,13 @@ def _compare_outputs(local: Path, remote: Path, private: str) -> Counter:
     compared = Counter()
     for rel in files[local]:
         a, b = local / rel, remote / rel
-        tol = MODEL_TOL if MODEL_OUTPUT_DIRS & set(rel.parts) else 0.0
         if rel.suffix == ".h5":
-            _assert_equal_values(_h5_items(a), _h5_items(b), str(rel), tol)
+            _assert_equal_values(_h5_items(a), _h5_items(b), str(rel))
         elif rel.suffix == ".parquet":
             # private source tables hold absolute paths into each run's own workdir
             frames = [pd.read_parquet(p).replace(re.escape(str(wd)), "<workdir>", regex=True) if rel.parts[0] == private
                       else pd.read_parquet(p) for p, wd in ((a, local), (b, remote))]
-            pd.testing.assert_frame_equal(*frames, check_exact=not tol, rtol=tol or 1e-5, atol=tol or 1e-8,
+            pd.testing.assert_frame_equal(*frames, check_exact=True,
                                           obj=str(rel))
         elif rel.name in ("rejected.csv", "pseudonym.key"):
             assert a.read_bytes() == b.read_bytes(), rel

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +44,3 @@ def planned_jobs(workdir: Path, configfile: Path, *args: str) -> set[tuple[str, 
         if head and out:
             jobs.add((head.group(1), out.group(1).strip()))
     return jobs
-
-
-def fresh_workdir(tmp_path_factory, name: str) -> Path:
-    workdir = tmp_path_factory.mktemp(name)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    return workdir
