@@ -65,7 +65,10 @@ def test_no_patient_identifier_in_results_or_logs(tiny_run):
             identifiers |= set(frame["patient_id"])
     identifiers = {i for i in identifiers if len(i) >= 4}
     assert len(identifiers) > 50
-    pattern = re.compile("|".join(re.escape(i) for i in sorted(identifiers, key=len, reverse=True)))
+    # Whole tokens only: a date like 20201207 must not "match" the digits of a float score
+    # (0.20201207...), while a leaked ID in a path (images/CXR000123/...) still does.
+    alternatives = "|".join(re.escape(i) for i in sorted(identifiers, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![0-9A-Za-z.])(?:{alternatives})(?![0-9A-Za-z])")
     scanned = 0
     for folder in ("results", "logs"):
         for path in (workdir / folder).rglob("*"):
