@@ -7,8 +7,10 @@ Measures one optimizer step (zero_grad, forward, loss, backward, step) of
   :func:`dpmed.training.dp.make_private` through Opacus (noise multiplier 1.0, C = 1.5; flat
   per-sample clipping, verified exact by ``tests/test_models.py``);
 * ``bk``: dpmed's single-pass exact clipping (book-keeping: activation-only backward, exact
-  per-sample norms per layer by the fastest of grouped weight-gradient / ghost Gram / unfold,
-  then one re-weighted weight-gradient per layer; Opacus optimizer and accountant).
+  per-sample norms per layer by a shape-based choice of instantiated gradients or ghost Gram
+  norms; instantiated gradients no larger than the layer input are kept and summed with the
+  clip factors, the other layers get one re-weighted weight-gradient call; Opacus optimizer
+  and accountant).
 
 All variants use the *same* architecture and activation (Mish, the DP choice), so the ratio is
 the cost of privacy alone. Variants are measured interleaved in one process: each round runs

@@ -324,3 +324,35 @@ def test_bk_conv_norm_choice_is_deterministic_and_batch_independent():
     assert (early, deep) == ("grouped", "gram")
     for n in (1, 7, 64):
         assert conv_norm_method((n, 256, 8, 8), (n, 512, 4, 4), (3, 3)) == deep
+
+
+def test_bk_keeps_per_sample_conv_grads_only_when_no_larger_than_the_stored_input():
+    from dpmed.training.dp import keep_grad_sample
+
+    # ResNet9 at 128^2, width 1: layer1 conv (64->64 on 32x32) keeps 36,864 <= 65,536 values
+    assert keep_grad_sample((32, 64, 32, 32), (64, 64, 3, 3))
+    # layer2 second conv (128->128 on 16x16): 147,456 > 32,768 -> recomputed after the clip
+    assert not keep_grad_sample((32, 128, 16, 16), (128, 128, 3, 3))
+    # the batch size never matters
+    assert keep_grad_sample((1, 64, 32, 32), (64, 64, 3, 3)) == keep_grad_sample((512, 64, 32, 32), (64, 64, 3, 3))
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_bk_group_norm_per_sample_grads_from_sums(offset):
+    """GroupNorm per-sample (weight, bias) gradients from reductions equal autograd per sample,
+    in float32 and also for inputs far from zero mean (where E[a^2] - mean^2 would cancel)."""
+    from dpmed.training.dp import _group_norm_grad_sample
+
+    torch.manual_seed(7)
+    gn = nn.GroupNorm(4, 12)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    a = torch.randn(5, 12, 9, 7) * 2.0 + offset
+    g = torch.randn(5, 12, 9, 7)
+    gw, gb = _group_norm_grad_sample(a, g, gn)
+    for i in range(5):
+        gn.zero_grad()
+        (gn(a[i : i + 1]) * g[i : i + 1]).sum().backward()
+        torch.testing.assert_close(gw[i], gn.weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(gb[i], gn.bias.grad, rtol=1e-5, atol=1e-5)

@@ -236,15 +236,21 @@ def step_on_empty_batch(optimizer) -> None:
 # 1. forward with the parameters *detached from autograd* (requires_grad off during the forward,
 #    input requires grad instead), so the backward computes activation gradients only;
 # 2. a hook on every layer output receives the output gradient g_i; with the stored input a_i the
-#    layer's per-sample gradient norm is computed exactly, choosing per layer the cheaper of
+#    layer's per-sample gradient norm is computed exactly, choosing per layer (from shapes only)
+#    the cheaper of
 #      - instantiation  ||G_i||^2 with G_i = g_i^T unfold(a_i)      cost ~ L * p * o
 #      - ghost (Gram)   sum_{l,l'} (a_l . a_l') (g_l . g_l')         cost ~ L^2 * (p + o)
-#    (L output positions, p = C_in k^2, o = C_out; "mixed ghost"); GroupNorm per-sample
-#    gradients are tiny and instantiated;
+#    (L output positions, p = C_in k^2, o = C_out; "mixed ghost"). GroupNorm per-sample
+#    gradients are tiny and come from reductions of a_i and g_i (no normalised copy);
 # 3. after the backward, clip factors c_i = min(1, C / (||grad_i|| + 1e-6)) over all layers
-#    (flat clipping, same formula as Opacus), and each layer's clipped sum sum_i c_i G_i is ONE
-#    ordinary weight-gradient call with the output gradient rescaled per sample (c_i g_i) --
-#    the weight gradient the skipped standard backward would have computed anyway.
+#    (flat clipping, same formula as Opacus), and each layer's clipped sum sum_i c_i G_i is
+#      - c @ G for instantiated layers whose G is no larger than their stored input (kept from
+#        step 2, so the layer's weight gradient is never computed twice), else
+#      - ONE ordinary weight-gradient call with the output gradient (or the input, whichever is
+#        smaller) rescaled per sample -- the weight gradient the skipped standard backward would
+#        have computed anyway.
+#    The batch-mean factor n of per-sample gradients is applied to these n scalars, not to
+#    every output gradient.
 #
 # Noise, scaling by the expected batch size and accounting are Opacus' own
 # (DPOptimizerFastGradientClipping + the PrivacyEngine accountant hook). Exactness against a
@@ -259,15 +265,20 @@ def _conv2d_norm2_unfold(a, g, conv):
     return torch.bmm(g.reshape(n, o, -1), cols.transpose(1, 2)).pow(2).sum(dim=(1, 2))
 
 
-def _conv2d_norm2_grouped(a, g, conv):
-    # per-sample weight gradients as ONE grouped weight-gradient call (batch -> groups)
+def _conv2d_grad_sample(a, g, conv):
+    """Per-sample weight gradients ``(n, *weight.shape)`` as ONE grouped weight-gradient call
+    (the batch becomes the groups), the fastest instantiation on CPU."""
     n, c = a.shape[:2]
     o = g.shape[1]
     w = torch.nn.grad.conv2d_weight(
         a.reshape(1, n * c, *a.shape[2:]), (n * o, c, *conv.kernel_size), g.reshape(1, n * o, *g.shape[2:]),
         stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=n,
     )
-    return w.reshape(n, -1).pow(2).sum(1)
+    return w.reshape(n, o, c, *conv.kernel_size)
+
+
+def _conv2d_norm2_grouped(a, g, conv):
+    return _conv2d_grad_sample(a, g, conv).reshape(a.shape[0], -1).pow(2).sum(1)
 
 
 def _conv2d_norm2_gram(a, g, conv):
@@ -300,6 +311,23 @@ def conv_norm_method(a_shape, g_shape, kernel_size) -> str:
     if positions <= 1024 and positions * (p + o) < p * o:
         return "gram"
     return "grouped"
+
+
+def keep_grad_sample(a_shape, weight_shape) -> bool:
+    """Whether an instantiated layer keeps its per-sample gradients until the clip.
+
+    Kept, the clipped sum is ``c @ G`` (n * p * o multiply-adds) instead of a second
+    weight-gradient call over all L positions (n * L * p * o). Kept only while they are no larger
+    than the layer input that is stored anyway, so memory stays within 2x of the non-private
+    backward. Shape-only, like :func:`conv_norm_method`.
+    """
+    per_sample_input = 1
+    for d in a_shape[1:]:
+        per_sample_input *= int(d)
+    params = 1
+    for d in weight_shape:
+        params *= int(d)
+    return params <= per_sample_input
 
 
 def _conv2d_norm2(a: torch.Tensor, g: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -344,12 +372,20 @@ class _BKState:
 
         m, a = rec[0], rec[1]
         n = g.shape[0]
-        g = g.detach() * n  # loss is the batch mean: per-sample gradients are n * (backprop)
+        # The loss is the batch mean, so per-sample gradients are n * (backprop gradient). The
+        # factor n is applied to the few per-sample scalars in finish(), not to every g here.
+        g = g.detach()
         rec[2] = g
         if self.norm2 is None:
             self.norm2 = torch.zeros(n, dtype=g.dtype, device=g.device)
         if isinstance(m, nn.Conv2d):
-            self.norm2 += _conv2d_norm2(a, g, m)
+            if (conv_norm_method(a.shape, g.shape, m.kernel_size) == "grouped"
+                    and keep_grad_sample(a.shape, m.weight.shape)):
+                gs = _conv2d_grad_sample(a, g, m)
+                rec.append(gs)
+                self.norm2 += gs.reshape(n, -1).pow(2).sum(1)
+            else:
+                self.norm2 += _conv2d_norm2(a, g, m)
             if m.bias is not None:
                 self.norm2 += g.sum(dim=(2, 3)).pow(2).sum(1)
         elif isinstance(m, nn.Linear):
@@ -361,9 +397,7 @@ class _BKState:
             if m.bias is not None:
                 self.norm2 += g2.sum(1).pow(2).sum(1)
         elif isinstance(m, nn.GroupNorm):
-            xhat = torch.nn.functional.group_norm(a, m.num_groups, eps=m.eps)
-            gw = (g * xhat).reshape(n, m.num_channels, -1).sum(2)
-            gb = g.reshape(n, m.num_channels, -1).sum(2)
+            gw, gb = _group_norm_grad_sample(a, g, m)
             rec.append((gw, gb))
             self.norm2 += gw.pow(2).sum(1) + gb.pow(2).sum(1)
         elif isinstance(m, ACSConv3d):
@@ -376,36 +410,69 @@ class _BKState:
         """Clip per sample and write sum_i c_i grad_i into p.grad."""
         if self.norm2 is None:
             raise PrivacyError("bk: backward produced no per-sample gradients (was the model in train mode?)")
-        norms = self.norm2.clamp_min(0).sqrt()
+        n = self.norm2.shape[0]
+        norms = self.norm2.clamp_min(0).sqrt() * n
         self.per_sample_norms = norms
         c = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        w = c * n  # weight of each sample's *backprop* gradient in the clipped sum
         for p in self.params:
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
         for rec in self.records:
             m, a, g = rec[0], rec[1], rec[2]
             if g is None:
                 continue
-            shape = (-1,) + (1,) * (g.dim() - 1)
-            gc = g * c.view(shape)
             if isinstance(m, nn.Conv2d):
-                m.weight.grad += torch.nn.grad.conv2d_weight(
-                    a, m.weight.shape, gc, stride=m.stride, padding=m.padding, dilation=m.dilation
-                )
+                if len(rec) > 3:  # kept per-sample gradients
+                    m.weight.grad += torch.tensordot(w, rec[3], dims=1)
+                elif a.numel() < g.numel():  # scale whichever side is smaller
+                    m.weight.grad += torch.nn.grad.conv2d_weight(
+                        a * w.view(-1, 1, 1, 1), m.weight.shape, g,
+                        stride=m.stride, padding=m.padding, dilation=m.dilation)
+                else:
+                    m.weight.grad += torch.nn.grad.conv2d_weight(
+                        a, m.weight.shape, g * w.view(-1, 1, 1, 1),
+                        stride=m.stride, padding=m.padding, dilation=m.dilation)
                 if m.bias is not None:
-                    m.bias.grad += gc.sum(dim=(0, 2, 3))
+                    m.bias.grad += w @ g.sum(dim=(2, 3))
             elif isinstance(m, nn.Linear):
-                m.weight.grad += gc.reshape(-1, gc.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
+                g2 = g.reshape(n, -1, g.shape[-1]) * w.view(-1, 1, 1)
+                m.weight.grad += g2.reshape(-1, g2.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
                 if m.bias is not None:
-                    m.bias.grad += gc.reshape(-1, gc.shape[-1]).sum(0)
+                    m.bias.grad += g2.reshape(-1, g2.shape[-1]).sum(0)
             elif isinstance(m, nn.GroupNorm):
                 gw, gb = rec[3]
-                m.weight.grad += c @ gw
-                m.bias.grad += c @ gb
+                m.weight.grad += w @ gw
+                m.bias.grad += w @ gb
             else:  # ACSConv3d: per-sample gradients were instantiated
                 for p, t in rec[3].items():
-                    p.grad += torch.einsum("n,n...->...", c, t)
+                    p.grad += torch.einsum("n,n...->...", w, t)
         self.records = []
         self.norm2 = None
+
+
+def _group_norm_grad_sample(a: torch.Tensor, g: torch.Tensor, gn: nn.GroupNorm):
+    """Per-sample (weight, bias) gradients of a GroupNorm: sum over positions of g * xhat and g.
+
+    With xhat = (a - mean) * rstd per (sample, group): sum g*xhat = rstd * (sum g*a - mean * sum g),
+    so only reductions are needed (no normalised copy of a). Mean and variance are accumulated
+    in float64 from per-channel sums, avoiding the cancellation of E[a^2] - mean^2 in float32.
+    """
+    n, ch = a.shape[:2]
+    groups = gn.num_groups
+    a3, g3 = a.reshape(n, ch, -1), g.reshape(n, ch, -1)
+    positions = a3.shape[2] * (ch // groups)
+    gb = g3.sum(2)
+    ga = torch.einsum("ncl,ncl->nc", g3, a3)
+    s1 = a3.sum(2).double().reshape(n, groups, -1).sum(2)
+    s2 = torch.einsum("ncl,ncl->nc", a3, a3).double().reshape(n, groups, -1).sum(2)
+    mean = s1 / positions
+    var = (s2 / positions - mean * mean).clamp_min(0)
+    rstd = (var + gn.eps).rsqrt()
+    per_channel = ch // groups
+    mean_c = mean.repeat_interleave(per_channel, dim=1)
+    rstd_c = rstd.repeat_interleave(per_channel, dim=1)
+    gw = (rstd_c * (ga.double() - mean_c * gb.double())).to(g.dtype)
+    return gw, gb
 
 
 class BKModule(nn.Module):
