@@ -180,6 +180,7 @@ def test_dp_run_card_plan_predictions(cohort, tmp_path, monkeypatch):
     assert (pred.set_index("record_id")["y_blob_b"] == man.loc[pred["record_id"], "label_blob_b"]).all()
     model = torch.load(out / "model.pt", weights_only=True)
     assert model["labels"] == LABELS and model["model_cfg"]["num_labels"] == 2
+    assert model["model_cfg"]["activation"] == "mish"  # methods.md A: Mish under DP
     assert not (out / "checkpoint.pt").exists()
 
 
@@ -221,6 +222,9 @@ def test_learnable_and_ordered_by_epsilon(cohort, tmp_path):
     assert nonpriv["test_auroc"] >= big["test_auroc"] >= tiny["test_auroc"]
     assert nonpriv["loss_pos_weight"] is not None  # non-private: inverted class frequencies
     assert big["noise_multiplier"] < tiny["noise_multiplier"]
+    activation = {run: torch.load(tmp_path / run / "model.pt", weights_only=True)["model_cfg"]["activation"]
+                  for run in ("inf", "big")}
+    assert activation == {"inf": "relu", "big": "mish"}
 
 
 # ----------------------------------------------------------------------------- init weights

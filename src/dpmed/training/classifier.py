@@ -352,6 +352,7 @@ def train_classifier(
     epsilon: target ε (``math.inf`` → non-private).
     settings: see :class:`TrainSettings` for the keys.
     model_cfg: :func:`dpmed.models.build_model` config; ``num_labels`` is set to ``len(labels)``.
+        Without an ``activation`` the network uses Mish under DP and ReLU otherwise (methods.md A).
     seed: all randomness derives from it.
     device: ``"auto"`` (CUDA if available, else CPU) or a torch device string.
     threads: ``torch.set_num_threads`` for the call.
@@ -412,6 +413,8 @@ def _train(*, s: TrainSettings, train_h5, val_h5, test_h5, manifest, labels, out
     t_start = time.perf_counter()
     man = read_manifest(manifest)
     cfg = dict(model_cfg)
+    if cfg.get("activation") is None:  # the study's choice: Mish under DP, ReLU otherwise
+        cfg["activation"] = "mish" if private else "relu"
     if cfg.get("num_labels") is not None and int(cfg["num_labels"]) != len(labels):
         raise ConfigError(f"model_cfg num_labels={cfg['num_labels']} but {len(labels)} labels given")
     cfg["num_labels"] = len(labels)
