@@ -10,7 +10,7 @@ import copy
 
 import pytest
 
-from workflow_helpers import planned_jobs, write_config
+from workflow_helpers import eps_labels, planned_jobs, write_config
 
 pytestmark = [pytest.mark.workflow]
 
@@ -58,7 +58,7 @@ def test_dp_hyperparameter_reruns_dp_training_only(tiny_run):
     jobs = _plan(tiny_run, lr, "dp_lr.yaml")
     expected = set()
     for name in ("cxr", "ct"):
-        for eps in ("1", "8"):
+        for eps in eps_labels(tiny_run[2], name, finite_only=True):
             expected |= {("train_classifier", _model(name, eps)), ("evaluate_classifier", _metrics(name, eps))}
         expected.add(_summary(name))
     assert jobs == expected
@@ -70,7 +70,7 @@ def test_ct_window_reruns_the_ct_chain_only(tiny_run):
         cfg["datasets"]["ct"]["preprocess"]["window"] = [-100, 200]
 
     expected = {("preprocess", f"results/ct/preprocessed/{s}.h5") for s in ("train", "val", "test")}
-    for eps in ("1", "8", "inf"):
+    for eps in eps_labels(tiny_run[2], "ct"):
         expected |= {("train_classifier", _model("ct", eps)), ("evaluate_classifier", _metrics("ct", eps))}
     expected.add(_summary("ct"))
     assert _plan(tiny_run, window, "ct_window_plan.yaml") == expected
@@ -82,6 +82,6 @@ def test_evaluation_setting_reruns_evaluation_and_summaries(tiny_run):
 
     expected = {_summary("cxr"), _summary("ct")}
     for name in ("cxr", "ct"):
-        for eps in ("1", "8", "inf"):
+        for eps in eps_labels(tiny_run[2], name):
             expected.add(("evaluate_classifier", _metrics(name, eps)))
     assert _plan(tiny_run, redraws, "redraws.yaml") == expected

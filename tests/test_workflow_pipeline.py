@@ -10,20 +10,15 @@ import pandas as pd
 import pytest
 
 from dpmed.privacy.card import read_privacy_card
-from workflow_helpers import snakemake
+from workflow_helpers import eps_labels, snakemake
 
 pytestmark = [pytest.mark.workflow]
-
-
-def _eps_labels(config, dataset):
-    finite = sorted(float(e) for e in config["datasets"][dataset]["classifier"]["epsilons"])
-    return [f"{e:g}" for e in finite] + ["inf"]
 
 
 def _models(config):
     for dataset, cfg in config["datasets"].items():
         if cfg.get("classifier"):
-            for eps in _eps_labels(config, dataset):
+            for eps in eps_labels(config, dataset):
                 yield dataset, eps, f"results/{dataset}/classifiers/dpsgd/eps_{eps}/seed_0"
 
 
@@ -69,11 +64,11 @@ def test_privacy_costs_accuracy_in_order(tiny_run):
     """Non-private clearly above chance; mean AUROC ordered inf >= largest eps >= smallest (CXR)."""
     workdir, _, config = tiny_run
     auroc = {}
-    for eps in _eps_labels(config, "cxr"):
+    for eps in eps_labels(config, "cxr"):
         m = pd.read_parquet(workdir / f"results/cxr/evaluation/dpsgd/eps_{eps}/seed_0/metrics.parquet")
         row = m[(m["label"] == "mean") & (m["subgroup"] == "all") & (m["metric"] == "auroc")]
         auroc[eps] = float(row["mean"].iloc[0])
-    labels = _eps_labels(config, "cxr")
+    labels = eps_labels(config, "cxr")
     assert auroc["inf"] > 0.62, auroc
     assert auroc["inf"] >= auroc[labels[-2]] >= auroc[labels[0]], auroc
 

@@ -20,6 +20,12 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
     return path
 
 
+def eps_labels(config: dict, dataset: str, finite_only: bool = False) -> list[str]:
+    """The dataset's epsilon wildcards as the workflow spells them (``0.25``, ``1``, ``inf``)."""
+    finite = sorted(float(e) for e in config["datasets"][dataset]["classifier"]["epsilons"])
+    return [f"{e:g}" for e in finite] + ([] if finite_only else ["inf"])
+
+
 def load_tiny() -> dict:
     return yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
