@@ -133,6 +133,10 @@ def test_bits_per_dim_of_the_zero_initialised_network_is_the_gaussian_formula():
 def test_bad_settings_and_the_invertibility_check_raise_clear_errors():
     with pytest.raises(ConfigError, match="not divisible by 2\\*\\*stages"):
         INNSettings(image_size=20, stages=3)
+    with pytest.raises(ConfigError, match="unknown INN setting\\(s\\) \\['fc_widht'\\]"):
+        INNSettings.from_mapping({"image_size": 32, "fc_widht": 8})
+    assert INNTrainSettings.from_mapping({"epochs": 3}).epochs == 3
+    assert CADPSettings.from_mapping({"epsilon": 2, "scale_rule": "paper_s_over_eps"}).epsilon_holding == 4.0
     x, c = _batch()
     net = _perturbed(scale=3.0)  # exp of clamped scales compounds to overflow / loss of precision
     with pytest.raises(InvertibilityError, match="does not invert on the held-out batch"):

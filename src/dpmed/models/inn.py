@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Mapping
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
@@ -55,8 +56,23 @@ __all__ = [
     "expected_num_parameters",
     "label_condition",
     "reconstruction_error",
+    "settings_from_mapping",
     "trainable_parameters",
 ]
+
+
+def settings_from_mapping(cls, mapping, what: str):
+    """Build the settings dataclass ``cls`` from a config mapping; unknown keys are errors naming them."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{what} settings must be a mapping, got {type(mapping).__name__}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {unknown}; allowed: {sorted(known)}")
+    try:
+        return cls(**mapping)
+    except TypeError as e:
+        raise ConfigError(f"invalid {what} settings {dict(mapping)!r}: {e}") from None
 
 
 class InvertibilityError(DpmedError):
@@ -117,6 +133,10 @@ class INNSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping) -> "INNSettings":
+        return settings_from_mapping(cls, mapping, "INN")
 
 
 #: The paper's network (methods.md D): 128², 4 stages × 4 blocks, width 128, 4 FC blocks of width 1024.

@@ -47,6 +47,7 @@ from dpmed.models.inn import (
     check_invertible,
     label_condition,
     reconstruction_error,
+    settings_from_mapping,
     trainable_parameters,
 )
 from dpmed.training.data import CacheDataset
@@ -96,6 +97,10 @@ class INNTrainSettings:
             raise ConfigError("INN training needs lr > 0, input_noise >= 0 and recon_tolerance > 0")
         if self.grad_clip_norm is not None and not (self.grad_clip_norm > 0):
             raise ConfigError(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm!r}")
+
+    @classmethod
+    def from_mapping(cls, mapping) -> "INNTrainSettings":
+        return settings_from_mapping(cls, mapping, "INN training")
 
 
 @dataclass(frozen=True)
@@ -299,7 +304,7 @@ def load_inn(path, device: str | torch.device = "cpu") -> tuple[ConditionalINN, 
                                  f"exceeds its tolerance {obj['recon_tolerance']:g}")
     net = build_inn(inn)
     net.load_state_dict(obj["state_dict"])
-    net.to(_resolve_device(str(device)) if not isinstance(device, torch.device) else device).eval()
+    net.to(device if isinstance(device, torch.device) else _resolve_device(device)).eval()
     meta = {k: obj[k] for k in ("labels", "reconstruction_error", "recon_tolerance", "holdout_bpd")}
     meta["settings"] = inn
     meta["trained_on"] = INNTrainingData(**obj["trained_on"])

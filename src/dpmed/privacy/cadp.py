@@ -44,7 +44,7 @@ import torch
 
 from dpmed.errors import ConfigError, PrivacyError
 from dpmed.io.cache import CacheWriter
-from dpmed.models.inn import ConditionalINN, check_invertible, label_condition
+from dpmed.models.inn import ConditionalINN, check_invertible, label_condition, settings_from_mapping
 from dpmed.privacy.guarantee import Guarantee, NonPrivateInput
 
 __all__ = [
@@ -116,6 +116,10 @@ class CADPSettings:
             raise ConfigError(f"CADP scale_rule must be one of {SCALE_RULES}, got {self.scale_rule!r}")
         if self.batch_size < 1 or not (self.recon_tolerance > 0):
             raise ConfigError("CADP batch_size must be >= 1 and recon_tolerance > 0")
+
+    @classmethod
+    def from_mapping(cls, mapping) -> "CADPSettings":
+        return settings_from_mapping(cls, mapping, "CADP")
 
     @property
     def clip(self) -> float:
