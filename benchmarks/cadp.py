@@ -26,7 +26,15 @@ import time
 
 import torch
 
-from dpmed.models.inn import DEMO_INN, PAPER_INN, INNSettings, bits_per_dim, build_inn, label_condition, trainable_parameters
+from dpmed.models.inn import (
+    DEMO_INN,
+    PAPER_INN,
+    INNSettings,
+    bits_per_dim,
+    build_inn,
+    label_condition,
+    trainable_parameters,
+)
 from dpmed.privacy.cadp import CADPSettings, privatise_batch
 
 

@@ -286,7 +286,8 @@ def test_privatise_cache_refuses_a_network_that_does_not_invert(cohort, tmp_path
 def _train(paths, manifest, out_dir, **kw):
     settings = INNTrainSettings(**{"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 1, "device": "cpu", **kw})
     return train_inn(train_h5=paths["train"], holdout_h5=paths["val"], manifest=manifest, labels=LABELS,
-                     out_dir=out_dir, inn=TINY, settings=settings, trained_on=INNTrainingData("synthetic", "train", "public"))
+                     out_dir=out_dir, inn=TINY, settings=settings,
+                     trained_on=INNTrainingData("synthetic", "train", "public"))
 
 
 def test_inn_training_resumes_bit_identically_and_checks_invertibility(cohort, tmp_path, monkeypatch):
@@ -310,6 +311,11 @@ def test_inn_training_resumes_bit_identically_and_checks_invertibility(cohort, t
     b, _ = load_inn(tmp_path / "resumed" / "inn.pt")
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert meta["settings"] == TINY and meta["trained_on"].role == "public" and meta["labels"] == LABELS
+    # the held-out bpd is measured without input noise (noise is for training only)
+    hold = CacheDataset(paths["val"], manifest, LABELS, mean=0.0, std=1.0)
+    with torch.no_grad():
+        z, jac = a(torch.stack([hold.image(i) for i in range(len(hold))]), label_condition(hold.targets))
+    assert float(bits_per_dim(z, jac)) == pytest.approx(meta["holdout_bpd"], rel=1e-5)
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), build_inn(TINY).state_dict().values()))
 
     # a checkpoint from other settings is refused, not mixed in

@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dpmed.errors import ConfigError, PrivacyError
+from dpmed.errors import ConfigError
 from dpmed.io.cache import CacheWriter
 from dpmed.models.inn import ConditionalINN, check_invertible, label_condition, settings_from_mapping
 from dpmed.privacy.guarantee import Guarantee, NonPrivateInput
