@@ -375,13 +375,17 @@ def plot_parity_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path) -> pd.Dat
     return data
 
 
-def positives_data(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+def positives_data(metrics: pd.DataFrame, train_positives=None
+                   ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Points of :func:`plot_auroc_vs_positives` and Pearson r per group.
 
-    One point per (model, label) on the whole test set: x = positives of the label in the
-    test set, y = AUROC point estimate — the points of the ``auroc_vs_n_positive``
-    correlation of :func:`dpmed.evaluation.aggregate.correlations`, whose r is returned
-    (``{"private": r, "non_private": r}``, NaN if undefined).
+    One point per (model, label) on the whole test set: y = AUROC point estimate, x = the
+    label's positive **training** records when ``train_positives`` is given (the study's
+    relation; :func:`dpmed.evaluation.aggregate.positives_per_label` output or
+    ``{label: n}``), else its positive **test** records.  ``data.attrs["x"]`` names which
+    ("n_train_positive" / "n_test_positive").  r is that of the matching correlation of
+    :func:`dpmed.evaluation.aggregate.correlations` (``{"private": r, "non_private": r}``,
+    NaN if undefined).
     """
     df = prepare(metrics)
     sel = df[(df["label"] != "mean") & (df["subgroup"] == "all")]
@@ -391,29 +395,43 @@ def positives_data(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float
     for m in ("auroc", "n_positive"):
         if m not in w.columns:
             w[m] = np.nan
+    tp = aggregate._train_positive_table(train_positives)
+    if tp is not None:
+        ds = df["dataset"].iloc[0] if "dataset" in df.columns else ""
+        w["x"] = aggregate._with_train_positives(w.assign(dataset=ds), tp, ds)["n_train_positive"]
+        analysis, xname = "auroc_vs_n_train_positive", "n_train_positive"
+    else:
+        w["x"] = w["n_positive"]
+        analysis, xname = "auroc_vs_n_positive", "n_test_positive"
     rows = [{"panel": "auroc_vs_positives", "series": r.label, "method": r.method,
-             "epsilon": r.epsilon, "x": r.n_positive, "y": r.auroc, "yerr": np.nan,
+             "epsilon": r.epsilon, "x": r.x, "y": r.auroc, "yerr": np.nan,
              "kind": "private" if np.isfinite(r.epsilon) else "non_private"}
             for r in w.itertuples(index=False)]
-    corr = aggregate.correlations(df)
-    corr = corr[corr["analysis"] == "auroc_vs_n_positive"]
+    corr = aggregate.correlations(df, train_positives=train_positives)
+    corr = corr[corr["analysis"] == analysis]
     r = {g: float(corr.loc[corr["group"] == g, "r"].iloc[0]) if (corr["group"] == g).any()
          else math.nan for g in ("private", "non_private")}
-    return _frame(rows), r
+    data = _frame(rows)
+    data.attrs["x"] = xname
+    return data, r
 
 
 def _fmt_r(r: float) -> str:
     return "r n/a" if not np.isfinite(r) else f"r = {r:.2f}"
 
 
-def plot_auroc_vs_positives(metrics: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
-    """AUROC against the number of positive test records, one point per (model, label).
+def plot_auroc_vs_positives(metrics: pd.DataFrame, out_png: str | Path,
+                            train_positives=None) -> pd.DataFrame:
+    """AUROC against the number of positive records per label, one point per (model, label).
 
-    Private models: circles coloured by ε; non-private: black stars.  Pearson r (from
+    x = positive **training** records when ``train_positives`` is given (the study's
+    relation), else positive test records; the axis label and title say which.  Private
+    models: circles coloured by ε; non-private: black stars.  Pearson r (from
     :func:`dpmed.evaluation.aggregate.correlations`) of each group is in the legend.
     """
     df = prepare(metrics)
-    data, r = positives_data(df)
+    data, r = positives_data(df, train_positives)
+    which = "training" if data.attrs["x"] == "n_train_positive" else "test"
     fig, ax = plt.subplots(figsize=(8.0, 5.5), layout="constrained")
     priv = data[data["kind"] == "private"]
     nonp = data[data["kind"] == "non_private"]
@@ -442,10 +460,10 @@ def plot_auroc_vs_positives(metrics: pd.DataFrame, out_png: str | Path) -> pd.Da
                                     f"{len(nonp)} points)"))
     if data.empty:
         _note_empty(ax, "no per-label AUROC in this table")
-    ax.set_xlabel("positive records of the label in the test set")
+    ax.set_xlabel(f"positive records of the label in the {which} split")
     ax.set_ylabel("AUROC (whole test set)")
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{_dataset_name(df)}AUROC vs number of positive test records per label",
+    ax.set_title(f"{_dataset_name(df)}AUROC vs number of positive {which} records per label",
                  fontsize=12)
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False,
