@@ -35,7 +35,7 @@ import pandas as pd
 from dpmed.errors import PrivacyError
 
 __all__ = [
-    "audit_key", "canary_training_labels", "choose_canaries", "inclusion_mask",
+    "audit_key", "canary_scores", "canary_training_labels", "choose_canaries", "inclusion_mask",
     "membership_scores", "read_mask", "write_mask",
 ]
 
@@ -145,3 +145,31 @@ def membership_scores(probabilities, y_flipped, eps: float = 1e-7) -> np.ndarray
         raise PrivacyError("canaries: probabilities must be finite and in [0, 1]")
     p = np.clip(p, eps, 1 - eps)
     return (y * np.log(p) + (1 - y) * np.log1p(-p)).sum(axis=1)
+
+
+def canary_scores(predictions: pd.DataFrame, labels: list[str], canary_ids) -> np.ndarray:
+    """Membership scores of the canaries from the released model's predictions table.
+
+    ``predictions``: one row per scored record with ``record_id``, ``y_<label>`` (the
+    record's *true* labels, 0/1) and ``score_<label>`` (predicted probability), as the
+    trainer writes them; it must hold every canary once. Returns the scores aligned with
+    ``canary_ids`` (:func:`membership_scores` of the flipped labels).
+    """
+    need = ["record_id"] + [f"{p}_{lb}" for lb in labels for p in ("y", "score")]
+    miss = [c for c in need if c not in predictions.columns]
+    if miss:
+        raise PrivacyError(f"canaries: predictions lack columns {miss}")
+    ids = np.asarray(canary_ids, dtype=str)
+    table = predictions.assign(record_id=predictions["record_id"].astype(str))
+    table = table[table["record_id"].isin(set(ids))]
+    if table["record_id"].duplicated().any():
+        dup = table.loc[table["record_id"].duplicated(), "record_id"].iloc[0]
+        raise PrivacyError(f"canaries: record {dup} is scored twice")
+    table = table.set_index("record_id")
+    missing = [c for c in ids if c not in table.index]
+    if missing:
+        raise PrivacyError(f"canaries: {len(missing)} canaries are not scored, e.g. {missing[0]}")
+    table = table.loc[ids]
+    y = table[[f"y_{lb}" for lb in labels]].to_numpy(dtype=float)
+    p = table[[f"score_{lb}" for lb in labels]].to_numpy(dtype=float)
+    return membership_scores(p, 1 - y)
