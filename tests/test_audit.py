@@ -287,3 +287,30 @@ def test_end_to_end_memorising_model_is_caught(tmp_path):
     assert rep["epsilon_lower"] > 2.0 and rep["holds"] is True  # ε = ∞ is never contradicted
     with pytest.raises(PrivacyError, match="not scored"):
         C.canary_scores(pred.iloc[1:], ["finding"], ids[:3])
+
+
+def test_audit_summary_table(tmp_path, sigma):
+    from dpmed.reporting.audit import AUDIT_COLUMNS, write_audit_summary
+
+    rng = np.random.default_rng(2)
+    attrs = pd.DataFrame({"sex": rng.choice(["F", "M"], 400)})
+    reports = []
+    for eps, noise in ((EPS, sigma), (math.inf, 0.05)):
+        s, b = gaussian_canaries(int(eps if math.isfinite(eps) else 9), 400, noise)
+        card = {"mechanism": "dp-sgd" if math.isfinite(eps) else "none", "epsilon_spent": eps,
+                "delta": DELTA if math.isfinite(eps) else None}
+        rep = A.read_audit_json(A.write_audit_json(
+            tmp_path / f"{eps}.json", A.audit_report(s, b, card, attributes=attrs)))
+        reports.append(({"dataset": "cxr", "method": "dpsgd", "epsilon": eps, "seed": 0}, rep))
+    csv, md = write_audit_summary(reports[::-1], tmp_path)
+    table = pd.read_csv(csv)
+    assert list(table.columns) == AUDIT_COLUMNS and list(table["epsilon"]) == [EPS, math.inf]
+    assert table["holds"].tolist() == [True, True]
+    private, nonprivate = table.iloc[0], table.iloc[1]
+    assert private["one_run"] == reports[0][1]["bounds"]["one_run"]["epsilon_lower"]
+    assert nonprivate["epsilon_lower"] > 3 > private["epsilon_lower"]
+    mia = pd.DataFrame(reports[0][1]["mia_auroc"]).set_index("subgroup")["auroc"]
+    assert private["mia_auroc_max"] == mia.drop("all").max()
+    assert private["mia_auroc_max_subgroup"] == mia.drop("all").idxmax()
+    text = md.read_text()
+    assert text.startswith("| method | ε |") and "| ∞ |" in text and "yes" in text
