@@ -203,3 +203,23 @@ def test_auroc_vs_training_positives(seeds_table, tmp_path):
     assert csv["σ kind"].tolist() == ["std over 3 seeds", "bootstrap std"]
     corr = pd.read_csv(tmp_path / "s" / "correlations.csv")
     assert "auroc_vs_n_train_positive" in set(corr["analysis"]) and len(paths) > 5
+
+
+def test_figures_spread_over_seeds_recomputed(seeds_table, tmp_path):
+    metrics, hand = seeds_table
+    data = plots.plot_metrics_vs_epsilon(metrics, tmp_path / "f.png", spread="seeds")
+    auroc = data[data.panel == "auroc"].set_index("epsilon")
+    by_hand = [hand[(1.0, s)][0][0] for s in range(3)]
+    assert auroc.loc[1.0, "y"] == pytest.approx(np.mean(by_hand), abs=1e-12)
+    assert auroc.loc[1.0, "yerr"] == pytest.approx(np.std(by_hand, ddof=1), abs=1e-12)
+    assert auroc.loc[math.inf, "y"] == pytest.approx(hand[(math.inf, 0)][0][0], abs=1e-12)
+    assert np.isnan(auroc.loc[math.inf, "yerr"])  # one seed: no bar rather than a mixed one
+    parity = plots.parity_data(metrics, spread="seeds")
+    f = parity[(parity.series == "F") & (parity.epsilon == 1.0)].iloc[0]
+    pd_f = [hand[(1.0, s)][0][1] for s in range(3)]
+    assert (f.y, f.yerr) == pytest.approx((np.mean(pd_f), np.std(pd_f, ddof=1)), abs=1e-12)
+    boot = plots.metrics_vs_epsilon_data(metrics)  # default unchanged: bootstrap
+    sel = metrics[(metrics.epsilon == 1.0) & (metrics.label == "mean")
+                  & (metrics.subgroup == "all") & (metrics.metric == "auroc")]
+    row = boot[(boot.panel == "auroc") & (boot.epsilon == 1.0)].iloc[0]
+    assert (row.y, row.yerr) == pytest.approx((sel["mean"].mean(), sel["std"].mean()))

@@ -66,8 +66,8 @@ def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=No
         (:func:`dpmed.evaluation.aggregate.positives_per_label` of the manifest, or
         ``{label: n}``): AUROC vs positives then uses them, as the study does; without them
         it falls back to test positives (the figure says which).
-    spread: Table 1's σ — "bootstrap" (CXR in the study) or "seeds" (CT: std over
-        independent trainings).
+    spread: Table 1's σ and the figures' error bars — "bootstrap" (CXR in the study) or
+        "seeds" (CT: std over independent trainings).
 
     Returns the paths in the order of :data:`SUMMARY_FILES`.  Figures whose subgroups are
     missing from the table (e.g. no ``age_group``) are still written, with a note.
@@ -78,15 +78,16 @@ def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=No
     paths = write_table1(df, out_dir, spread=spread)
     paths.append(write_correlations(df, out_dir, train_positives))
     figures = [
-        ("auroc_vs_epsilon.png", lambda p: plots.plot_metrics_vs_epsilon(df, p)),
+        ("auroc_vs_epsilon.png", lambda p: plots.plot_metrics_vs_epsilon(df, p, spread=spread)),
         ("auroc_vs_epsilon_by_age.png",
-         lambda p: plots.plot_metrics_vs_epsilon(df, p, subgroup_attr="age_group")),
+         lambda p: plots.plot_metrics_vs_epsilon(df, p, "age_group", spread)),
         ("auroc_vs_epsilon_by_sex.png",
-         lambda p: plots.plot_metrics_vs_epsilon(df, p, subgroup_attr="sex")),
-        ("label_auroc_vs_epsilon.png", lambda p: plots.plot_label_auroc_vs_epsilon(df, p)),
+         lambda p: plots.plot_metrics_vs_epsilon(df, p, "sex", spread)),
+        ("label_auroc_vs_epsilon.png",
+         lambda p: plots.plot_label_auroc_vs_epsilon(df, p, spread)),
         ("auroc_vs_positives.png",
          lambda p: plots.plot_auroc_vs_positives(df, p, train_positives)),
-        ("parity_vs_epsilon.png", lambda p: plots.plot_parity_vs_epsilon(df, p)),
+        ("parity_vs_epsilon.png", lambda p: plots.plot_parity_vs_epsilon(df, p, spread)),
     ]
     for name, draw in figures:
         draw(out_dir / name)
