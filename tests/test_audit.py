@@ -314,3 +314,28 @@ def test_audit_summary_table(tmp_path, sigma):
     assert private["mia_auroc_max_subgroup"] == mia.drop("all").idxmax()
     text = md.read_text()
     assert text.startswith("| method | ε |") and "| ∞ |" in text and "yes" in text
+
+
+def test_audit_findings_flag_broken_cards_and_powerless_audits(sigma):
+    s, b = gaussian_canaries(0, 1000, sigma / 4)  # too little noise for ε = 2
+    broken = A.audit_report(s, b, {"mechanism": "dp-sgd", "epsilon_spent": EPS, "delta": DELTA})
+    assert broken["holds"] is False
+    assert broken["epsilon_lower_method"] in ("one_run", "clopper_pearson")
+    assert "exceeds the card's ε = 2" in A.audit_findings(broken)[0]
+    s, b = gaussian_canaries(0, 1000, sigma)
+    assert A.audit_findings(A.audit_report(s, b, {"epsilon_spent": EPS, "delta": DELTA})) == []
+    s, b = gaussian_canaries(0, 1000, 100.0)  # a "non-private" model that memorised nothing
+    weak = A.audit_report(s, b, {"mechanism": "none", "epsilon_spent": math.inf})
+    assert "no power" in A.audit_findings(weak)[0]
+
+
+def test_audit_report_takes_a_guarantee(sigma):
+    from dpmed.privacy.guarantee import Guarantee
+
+    fields = Guarantee.__dataclass_fields__
+    kw = {"kind": "central", "unit": "record", "epsilon": EPS, "delta": DELTA,
+          "mechanism": "dp-sgd"}
+    g = Guarantee(**{k: v for k, v in kw.items() if k in fields})
+    s, b = gaussian_canaries(1, 400, sigma)
+    rep = A.audit_report(s, b, g)
+    assert (rep["card_epsilon"], rep["delta"], rep["kind"], rep["unit"]) == (EPS, DELTA, "central", "record")

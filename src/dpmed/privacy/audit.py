@@ -71,7 +71,7 @@ from dpmed.errors import PrivacyError
 __all__ = [
     "AUDIT_SCHEMA_VERSION", "DEFAULT_ALPHA", "DEFAULT_GUESS_FRACTIONS", "AuditBound",
     "clopper_pearson", "clopper_pearson_audit", "gdp_audit", "gdp_delta", "gdp_epsilon",
-    "gdp_mu_lower", "guess_grid", "guesses", "mia_auroc", "one_run_audit",
+    "gdp_mu_lower", "guess_grid", "guesses", "audit_findings", "mia_auroc", "one_run_audit",
     "one_run_epsilon_lower", "one_run_max_epsilon", "one_run_p_value", "audit_report",
     "write_audit_json", "read_audit_json",
 ]
@@ -398,19 +398,21 @@ def mia_auroc(scores, member, attributes: pd.DataFrame | None = None,
 
 
 # ---------------------------------------------------------------------------------- audit.json
-def audit_report(scores, member, card: Mapping[str, Any] | None = None, delta: float | None = None,
+def audit_report(scores, member, card=None, delta: float | None = None,
                  alpha: float = DEFAULT_ALPHA, grid: Sequence[tuple[int, int]] | None = None,
                  attributes: pd.DataFrame | None = None,
                  subgroups: Mapping[str, Sequence] | None = None) -> dict[str, Any]:
     """Every bound, the counts and the card's ε side by side (the content of ``audit.json``).
 
+    ``card``: the model's ``privacy.json`` as a mapping (``epsilon_spent`` or ``epsilon``,
+    ``delta``, ``mechanism``) or its :class:`~dpmed.privacy.guarantee.Guarantee`.
     ``delta`` defaults to the card's δ (0 if the card has none, e.g. a non-private model).
     ``holds`` is True when every *model-free* bound (one run, Clopper–Pearson) is ≤ the
     card's ε; the GDP bound is reported beside them but not part of ``holds`` (it assumes a
     Gaussian trade-off curve).
     """
     s, b = _check(scores, member)
-    card = dict(card or {})
+    card = _card_fields(card)
     if delta is None:
         delta = float(card.get("delta") or 0.0)
     grid = list(grid) if grid is not None else guess_grid(s.size)
@@ -419,7 +421,8 @@ def audit_report(scores, member, card: Mapping[str, Any] | None = None, delta: f
         bounds.append(gdp_audit(s, b, delta, alpha, grid))
     card_eps = card.get("epsilon_spent", card.get("epsilon"))
     card_eps = float(card_eps) if card_eps is not None else None
-    model_free = max(x.epsilon_lower for x in bounds if x.method != "gdp")
+    best = max((x for x in bounds if x.method != "gdp"), key=lambda x: x.epsilon_lower)
+    model_free = best.epsilon_lower
     mia = mia_auroc(s, b, attributes, subgroups)
     return {
         "schema_version": AUDIT_SCHEMA_VERSION,
@@ -427,12 +430,46 @@ def audit_report(scores, member, card: Mapping[str, Any] | None = None, delta: f
                   "(Nasr et al. 2023)",
         "m": int(s.size), "n_member": int(b.sum()), "confidence": 1 - alpha, "delta": delta,
         "grid": [list(g) for g in grid], "multiple_testing": "Bonferroni over grid",
-        "mechanism": card.get("mechanism"), "card_epsilon": card_eps,
-        "epsilon_lower": model_free,
+        "mechanism": card.get("mechanism"), "kind": card.get("kind"), "unit": card.get("unit"),
+        "card_epsilon": card_eps,
+        "epsilon_lower": model_free, "epsilon_lower_method": best.method,
         "holds": None if card_eps is None else bool(model_free <= card_eps),
         "bounds": {x.method: asdict(x) for x in bounds},
         "mia_auroc": mia.to_dict(orient="records"),
     }
+
+
+def _card_fields(card) -> dict[str, Any]:
+    """The fields the audit needs from a card (``privacy.json`` mapping) or a
+    :class:`dpmed.privacy.guarantee.Guarantee`."""
+    if card is None:
+        return {}
+    if isinstance(card, Mapping):
+        return dict(card)
+    return {"mechanism": card.mechanism, "kind": card.kind, "unit": card.unit,
+            "epsilon": card.epsilon, "delta": card.delta}
+
+
+def audit_findings(report: Mapping[str, Any], min_leakage: float = 0.5) -> list[str]:
+    """What an audit report says is wrong (empty list: nothing).
+
+    * a model with a finite card ε whose model-free lower bound exceeds it: the card does
+      not hold (an implementation or accounting error, or a 5 % false alarm);
+    * a model without guarantee (card ε = ∞ or no card ε) whose bound stays below
+      ``min_leakage``: the audit had no power to detect leakage there, so its bounds on the
+      private models say little.
+    """
+    eps_card, low = report.get("card_epsilon"), float(report["epsilon_lower"])
+    if eps_card is not None and math.isfinite(eps_card):
+        if low > eps_card:
+            return [f"audited lower bound ε ≥ {low:.3g} ({report.get('epsilon_lower_method')}) "
+                    f"exceeds the card's ε = {eps_card:.3g} at confidence "
+                    f"{report.get('confidence')}: the guarantee does not hold as stated"]
+        return []
+    if low < min_leakage:
+        return [f"no guarantee and the audit finds ε ≥ {low:.3g} only (< {min_leakage}): "
+                "the canaries were not memorised, the audit has no power here"]
+    return []
 
 
 def write_audit_json(path: str | Path, report: Mapping[str, Any]) -> Path:
