@@ -70,7 +70,8 @@ def audit_table(reports: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) 
 
 def audit_markdown(table: pd.DataFrame) -> str:
     """Markdown of :func:`audit_table`: ε of the card, the three lower bounds, whether the
-    model-free bounds stay below the card, and the MIA AUROC (overall; highest subgroup)."""
+    headline (one-run) bound stays below the card, and the MIA AUROC (overall; highest
+    subgroup)."""
     def num(v):
         if v is None or (isinstance(v, float) and np.isnan(v)):
             return ""
