@@ -260,10 +260,10 @@ def test_paired_bootstrap_p_and_compare_models():
     worse["score_a"] = np.round(worse["score_a"] + rng.normal(0, 0.3, len(df)), 2)
     cmp = compare_models(worse, df, ["a", "b"], SPEC, n_bootstrap=50, seed=0)
     row = cmp[(cmp.label == "a") & (cmp.subgroup == "all")].iloc[0]
-    assert row.auroc_difference < 0 and row.bootstrap_p_value < 0.05 and row.n_paired == 50
-    assert row.delong_p_value < 0.05
+    assert row.auroc_difference < 0 and row.bootstrap_p_private_worse < 0.05 and row.n_paired == 50
+    assert row.delong_p_two_sided < 0.05 and row.delong_p_private_worse < 0.025
     same = cmp[(cmp.label == "b")]  # unchanged label: private == non-private on every redraw
-    assert (same.bootstrap_p_value[same.n_paired > 0] == 1.0).all()
+    assert (same.bootstrap_p_private_worse[same.n_paired > 0] == 1.0).all()
     other = random_table(22, n=600)
     with pytest.raises(EvaluationError):
         compare_models(other, df, ["a"], SPEC, n_bootstrap=5)

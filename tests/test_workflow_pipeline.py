@@ -85,7 +85,7 @@ def test_metrics_and_summary(tiny_run):
         assert table.count("\n| ") >= 4 and "∞" in table
         comparisons = pd.read_csv(summary / "comparisons.csv")
         assert set(comparisons["epsilon"]) == {float(e) for e in config["datasets"][dataset]["classifier"]["epsilons"]}
-        assert comparisons["bootstrap_p_value"].dropna().between(0, 1).all()
+        assert comparisons["bootstrap_p_private_worse"].dropna().between(0, 1).all()
         for png in summary.glob("*.png"):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

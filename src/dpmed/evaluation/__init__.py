@@ -6,10 +6,11 @@ p-value and DeLong's test, and :mod:`.aggregate` for Table 1 and the correlation
 """
 
 from . import aggregate
-from .aggregate import correlations, render_markdown, table1, table1_markdown
+from .aggregate import (correlations, positives_per_label, render_markdown, table1,
+                        table1_markdown)
 from .bootstrap import bootstrap_indices, redraw_indices
 from .compare import (COMPARISON_COLUMNS, DeLongResult, compare_models, compare_replicates,
-                      delong_test, paired_bootstrap_p)
+                      delong_test, format_bootstrap_p, paired_bootstrap_p)
 from .metrics import (METRICS, OUTPUT_COLUMNS, EvaluationError, Replicates,
                       bootstrap_replicates, evaluate_model, summarise, youden_threshold)
 
@@ -17,6 +18,6 @@ __all__ = [
     "COMPARISON_COLUMNS", "METRICS", "OUTPUT_COLUMNS", "DeLongResult", "EvaluationError",
     "Replicates", "aggregate", "bootstrap_indices", "bootstrap_replicates", "compare_models",
     "compare_replicates", "correlations", "delong_test", "evaluate_model",
-    "paired_bootstrap_p", "redraw_indices", "render_markdown", "summarise", "table1",
-    "table1_markdown", "youden_threshold",
+    "format_bootstrap_p", "paired_bootstrap_p", "positives_per_label", "redraw_indices",
+    "render_markdown", "summarise", "table1", "table1_markdown", "youden_threshold",
 ]

@@ -1,16 +1,21 @@
 """Private vs non-private: paired bootstrap and DeLong's test for AUROC differences.
 
-Paired bootstrap p-value (one-sided)
-------------------------------------
+Both tests are reported **one-sided in the same direction**, alternative "the private model
+is worse" (AUROC_private < AUROC_non-private), in columns named for it; DeLong's two-sided
+p-value is reported beside them under its own name. A small one-sided p means the private
+model is worse; a large one (near 1) means it is not, possibly better.
+
+Paired bootstrap p-value (one-sided, "private worse")
+----------------------------------------------------
 Both models are evaluated on the *same* redraws (same seed, same test record ids).  With
 ``a_b`` / ``r_b`` the AUROC of the private / non-private model on redraw ``b``::
 
-    p = #{b : a_b >= r_b} / #{b : a_b and r_b both defined}
+    p = #{b : a_b >= r_b} / B,   B = #{b : a_b and r_b both defined}
 
 This is the fraction of redraws in which the private model is *not worse* — methods A's
 "fraction of redraws where AUROC1 <= AUROC2" with AUROC1 = non-private, AUROC2 = private.
-A small p (e.g. < 0.05) means the non-private model is better in nearly every redraw:
-the null hypothesis "the private model is not worse" is rejected.  No +1 correction.
+No +1 correction: when no redraw has the private model at least as good, ``p = 0`` means
+``p < 1/B``, and the text column (:func:`format_bootstrap_p`) says so ("< 0.001" for B = 1000).
 
 DeLong's test
 -------------
@@ -22,9 +27,11 @@ structural components computed from midranks (Sun & Xu 2014, O(n log n))::
     Var(AUC1 - AUC2) = c' (S10 / n_pos + S01 / n_neg) c,   c = (1, -1)
 
 ``S10``/``S01`` are the 2x2 sample covariances (ddof 1) of the components;
-``z = (AUC1 - AUC2) / sqrt(Var)``, two-sided ``p = 2 * (1 - Phi(|z|))``.  If the variance
-is 0 (e.g. identical scores) then p = 1 when the AUROCs are equal, else 0.  Fewer than two
-positives or two negatives → NaN.
+``z = (AUC1 - AUC2) / sqrt(Var)``; two-sided ``p = 2 * (1 - Phi(|z|))``, one-sided
+(alternative AUC1 < AUC2) ``p = Phi(z)``.  With AUC1 = private, ``Phi(z)`` is the
+"private worse" p-value.  If the variance is 0 (e.g. identical scores) then both p are 1
+when the AUROCs are equal; otherwise 0 or 1 by the sign.  Fewer than two positives or two
+negatives → NaN.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from scipy.stats import norm, rankdata
 from .metrics import EvaluationError, Replicates, bootstrap_replicates
 
 COMPARISON_COLUMNS = ["label", "subgroup", "auroc_private", "auroc_nonprivate",
-                      "auroc_difference", "bootstrap_p_value", "n_paired", "delong_z",
-                      "delong_p_value"]
+                      "auroc_difference", "bootstrap_p_private_worse",
+                      "bootstrap_p_private_worse_text", "n_paired", "delong_z",
+                      "delong_p_private_worse", "delong_p_two_sided"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class DeLongResult:
     difference: float
     variance: float
     z: float
-    p_value: float
+    p_value: float                    # two-sided
+    p_value_less: float = float("nan")  # one-sided, alternative AUC1 < AUC2
 
 
 def delong_test(y_true, score1, score2) -> DeLongResult:
@@ -61,7 +70,7 @@ def delong_test(y_true, score1, score2) -> DeLongResult:
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
         nan = float("nan")
-        return DeLongResult(nan, nan, nan, nan, nan, nan)
+        return DeLongResult(nan, nan, nan, nan, nan, nan, nan)
     pos, neg = s[:, y], s[:, ~y]
     v10 = np.empty((2, m))
     v01 = np.empty((2, n))
@@ -79,10 +88,12 @@ def delong_test(y_true, score1, score2) -> DeLongResult:
     if var <= 0:
         z = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
         p = 1.0 if diff == 0 else 0.0
+        p_less = 1.0 if diff >= 0 else 0.0
     else:
         z = diff / np.sqrt(var)
         p = float(2 * norm.sf(abs(z)))
-    return DeLongResult(float(auc[0]), float(auc[1]), diff, var, float(z), p)
+        p_less = float(norm.cdf(z))
+    return DeLongResult(float(auc[0]), float(auc[1]), diff, var, float(z), p, p_less)
 
 
 def paired_bootstrap_p(auroc_private: np.ndarray, auroc_nonprivate: np.ndarray
@@ -95,6 +106,14 @@ def paired_bootstrap_p(auroc_private: np.ndarray, auroc_nonprivate: np.ndarray
     if k == 0:
         return float("nan"), 0
     return float(np.mean(a[ok] >= r[ok])), k
+
+
+def format_bootstrap_p(p: float, n_paired: int) -> str:
+    """The bootstrap p-value as reported: ``"< 1/B"`` (e.g. ``"< 0.001"``) when no redraw
+    favoured the private model, else three significant digits; ``""`` when undefined."""
+    if n_paired == 0 or not np.isfinite(p):
+        return ""
+    return f"< {1 / n_paired:.3g}" if p == 0 else f"{p:.3g}"
 
 
 def compare_replicates(private: Replicates, nonprivate: Replicates) -> pd.DataFrame:
@@ -114,16 +133,18 @@ def compare_replicates(private: Replicates, nonprivate: Replicates) -> pd.DataFr
             a, r = private.values[li, si, mi], nonprivate.values[li, si, mi]
             p, k = paired_bootstrap_p(a, r)
             ea, er = private.estimate[li, si, mi], nonprivate.estimate[li, si, mi]
-            if lb == "mean":
-                dz = dp = float("nan")  # DeLong is defined per label, not for the label mean
+            if lb == "mean":  # DeLong is defined per label, not for the label mean
+                dz = dp_less = dp = float("nan")
             else:
                 m = private.masks[si]
                 d = delong_test(private.y[lb][m], private.scores[lb][m], nonprivate.scores[lb][m])
-                dz, dp = d.z, d.p_value
+                dz, dp_less, dp = d.z, d.p_value_less, d.p_value
             rows.append({"label": lb, "subgroup": sg, "auroc_private": ea,
                          "auroc_nonprivate": er, "auroc_difference": ea - er,
-                         "bootstrap_p_value": p, "n_paired": k, "delong_z": dz,
-                         "delong_p_value": dp})
+                         "bootstrap_p_private_worse": p,
+                         "bootstrap_p_private_worse_text": format_bootstrap_p(p, k),
+                         "n_paired": k, "delong_z": dz, "delong_p_private_worse": dp_less,
+                         "delong_p_two_sided": dp})
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
@@ -133,8 +154,10 @@ def compare_models(private: pd.DataFrame, nonprivate: pd.DataFrame, labels: list
 
     Returns one row per (label incl. "mean", subgroup) with columns
     :data:`COMPARISON_COLUMNS`: point AUROCs on the full test set, their difference
-    (private − non-private), the one-sided paired bootstrap p-value with the number of
-    redraws where both are defined, and DeLong's z and two-sided p (NaN for "mean").
+    (private − non-private), the one-sided ("private worse") paired bootstrap p-value, as a
+    number and as reported text ("< 1/B" when 0), the number of redraws where both are
+    defined, and DeLong's z with its one-sided ("private worse") and two-sided p (NaN for
+    "mean").
     """
     rp = bootstrap_replicates(private, labels, subgroups, n_bootstrap, seed)
     rn = bootstrap_replicates(nonprivate, labels, subgroups, n_bootstrap, seed)

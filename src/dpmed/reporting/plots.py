@@ -14,7 +14,10 @@ Conventions shared by all figures
   the Pearson correlation).
 * Several models at the same (method, ε) — e.g. seeds — are averaged: the plotted value is
   the mean of their bootstrap means, the error bar the mean of their bootstrap stds (the
-  same rule as :func:`dpmed.evaluation.aggregate.table1`).
+  same rule as :func:`dpmed.evaluation.aggregate.table1`).  With ``spread="seeds"`` (the
+  study's CT results: mean ± std over independent trainings) the value is the mean of the
+  seeds' full-test-set estimates and the bar their std (ddof 1); a point with a single
+  seed has no bar.  The legend says which.
 * ε is on a **log axis**.  The non-private model (ε = ∞) cannot sit on it and is drawn as
   a **dashed horizontal line** (with a light ± std band) in the colour of its series.
 * Every function writes one PNG atomically (temporary sibling + ``os.replace``) and returns
@@ -43,6 +46,9 @@ from ..evaluation.metrics import EvaluationError  # noqa: E402
 from ..io.atomic import atomic_path  # noqa: E402
 
 DPI = 150
+#: What the error bars of the ε figures show (see :func:`_seed_mean`).
+SPREADS = ("bootstrap", "seeds")
+SPREAD_WORDS = {"bootstrap": "bootstrap std", "seeds": "std over seeds"}
 #: Columns of the DataFrame every plot function returns.
 PLOT_COLUMNS = ["panel", "series", "method", "epsilon", "x", "y", "yerr", "kind"]
 #: The four panels of :func:`plot_metrics_vs_epsilon`: metric → panel title.
@@ -83,10 +89,21 @@ def prepare(metrics: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _seed_mean(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Average over models sharing ``by`` (seeds): mean of means, mean of stds."""
-    return (df.groupby(by, sort=False, dropna=False)[["mean", "std", "estimate"]]
-            .mean().reset_index())
+def _seed_mean(df: pd.DataFrame, by: list[str], spread: str = "bootstrap") -> pd.DataFrame:
+    """Combine the models sharing ``by`` (seeds) into one point ``mean`` ± ``std``.
+
+    ``spread="bootstrap"``: mean of their bootstrap means ± mean of their bootstrap stds.
+    ``spread="seeds"``: mean ± std (ddof 1) of their full-test-set estimates over seeds;
+    a point with one seed has no spread (NaN: drawn without a bar).
+    """
+    if spread not in SPREADS:
+        raise ReportingError(f"spread must be one of {SPREADS}, got {spread!r}")
+    g = df.groupby(by, sort=False, dropna=False)
+    if spread == "bootstrap":
+        return g[["mean", "std", "estimate"]].mean().reset_index()
+    out = g["estimate"].agg(["mean", "std"]).reset_index()  # pandas std: ddof 1, NaN for n=1
+    out["estimate"] = out["mean"]
+    return out
 
 
 def _private_methods(df: pd.DataFrame) -> list[str]:
@@ -97,20 +114,21 @@ def _subgroup_value(sg: str) -> str:
     return sg.split("=", 1)[1] if "=" in sg else sg
 
 
-def _curve_rows(df: pd.DataFrame, panel: str, series_col: str, series_name) -> list[dict]:
+def _curve_rows(df: pd.DataFrame, panel: str, series_col: str, series_name,
+                spread: str = "bootstrap") -> list[dict]:
     """Rows of PLOT_COLUMNS for one panel: private lines (per series, method) and the
     non-private reference (per series, averaged over methods)."""
     rows = []
     methods = _private_methods(df)
     several = len(methods) > 1
     fin = df[np.isfinite(df["epsilon"])]
-    g = _seed_mean(fin, [series_col, "method", "epsilon"])
+    g = _seed_mean(fin, [series_col, "method", "epsilon"], spread)
     for r in g.sort_values("epsilon", kind="mergesort").itertuples(index=False):
         s = series_name(getattr(r, series_col))
         rows.append({"panel": panel, "series": s, "method": r.method if several else "",
                      "epsilon": r.epsilon, "x": r.epsilon, "y": r.mean, "yerr": r.std,
                      "kind": "private"})
-    ref = _seed_mean(df[~np.isfinite(df["epsilon"])], [series_col])
+    ref = _seed_mean(df[~np.isfinite(df["epsilon"])], [series_col], spread)
     for r in ref.itertuples(index=False):
         rows.append({"panel": panel, "series": series_name(getattr(r, series_col)),
                      "method": "", "epsilon": math.inf, "x": math.inf, "y": r.mean,
@@ -191,21 +209,21 @@ def _draw_panel(ax, data: pd.DataFrame, colours: dict[str, str], methods: list[s
 
 
 def _legend(fig: Figure, colours: dict[str, str], methods: list[str], title: str | None,
-            has_private: bool, has_reference: bool) -> None:
+            has_private: bool, has_reference: bool, spread: str = "bootstrap") -> None:
     """Figure legends outside the panels: line styles (private vs non-private) below,
     series colours (if several or titled) on the right."""
     styles = []
     if has_private:
         if len(methods) > 1:
             styles += [Line2D([], [], color="0.3", marker=_MARKERS[i % len(_MARKERS)],
-                              lw=1.5, label=f"{m} (mean ± bootstrap std)")
+                              lw=1.5, label=f"{m} (mean ± {SPREAD_WORDS[spread]})")
                        for i, m in enumerate(methods)]
         else:
             styles.append(Line2D([], [], color="0.3", marker="o", lw=1.5,
-                                 label="private, finite ε (mean ± bootstrap std)"))
+                                 label=f"private, finite ε (mean ± {SPREAD_WORDS[spread]})"))
     if has_reference:
         styles.append(Line2D([], [], color="0.3", ls="--", lw=1.4,
-                             label="non-private, ε = ∞ (band: ± bootstrap std)"))
+                             label=f"non-private, ε = ∞ (band: ± {SPREAD_WORDS[spread]})"))
     if styles:
         narrow = fig.get_size_inches()[0] < 9
         fig.legend(handles=styles, loc="outside lower center",
@@ -232,7 +250,7 @@ def _epsilon_figure(data: pd.DataFrame, panels: dict[str, str], ylabel: str, tit
                     legend_title: str | None, ncols: int, figsize: tuple[float, float],
                     eps: list[float], methods: list[str], sharey: bool = True,
                     zero_line: bool = False, empty_note: str = "no data",
-                    legend: bool = True) -> Figure:
+                    legend: bool = True, spread: str = "bootstrap") -> Figure:
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, sharex=True,
                              sharey=sharey, layout="constrained")
@@ -256,7 +274,7 @@ def _epsilon_figure(data: pd.DataFrame, panels: dict[str, str], ylabel: str, tit
     if legend:
         _legend(fig, colours, methods, legend_title,
                 has_private=bool((data["kind"] == "private").any()),
-                has_reference=bool((data["kind"] == "non_private").any()))
+                has_reference=bool((data["kind"] == "non_private").any()), spread=spread)
     return fig
 
 
@@ -266,8 +284,8 @@ def _dataset_name(df: pd.DataFrame) -> str:
     return ""
 
 
-def metrics_vs_epsilon_data(metrics: pd.DataFrame, subgroup_attr: str | None = None
-                            ) -> pd.DataFrame:
+def metrics_vs_epsilon_data(metrics: pd.DataFrame, subgroup_attr: str | None = None,
+                            spread: str = "bootstrap") -> pd.DataFrame:
     """Plotted numbers of :func:`plot_metrics_vs_epsilon` (no drawing)."""
     df = prepare(metrics)
     df = df[(df["label"] == "mean") & df["metric"].isin(list(EPSILON_PANELS))]
@@ -278,12 +296,14 @@ def metrics_vs_epsilon_data(metrics: pd.DataFrame, subgroup_attr: str | None = N
     rows = []
     for m in EPSILON_PANELS:
         rows += _curve_rows(df[df["metric"] == m], m, "subgroup",
-                            (lambda s: "overall") if subgroup_attr is None else _subgroup_value)
+                            (lambda s: "overall") if subgroup_attr is None else _subgroup_value,
+                            spread)
     return _frame(rows)
 
 
 def plot_metrics_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path,
-                            subgroup_attr: str | None = None) -> pd.DataFrame:
+                            subgroup_attr: str | None = None, spread: str = "bootstrap"
+                            ) -> pd.DataFrame:
     """AUROC, accuracy, sensitivity and specificity (mean over labels) against ε, 2×2 panels.
 
     ``subgroup_attr=None`` → the whole test set; ``"age_group"`` / ``"sex"`` (any attribute
@@ -291,7 +311,7 @@ def plot_metrics_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path,
     the table gives a figure with a note instead of an error (fixed file names downstream).
     """
     df = prepare(metrics)
-    data = metrics_vs_epsilon_data(df, subgroup_attr)
+    data = metrics_vs_epsilon_data(df, subgroup_attr, spread)
     eps = sorted(df.loc[np.isfinite(df["epsilon"]), "epsilon"].unique())
     who = "whole test set" if subgroup_attr is None else \
         f"by {ATTRIBUTE_TITLES.get(subgroup_attr, subgroup_attr)}"
@@ -299,25 +319,26 @@ def plot_metrics_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path,
         data, EPSILON_PANELS, "mean over labels", f"{_dataset_name(df)}metrics vs ε ({who})",
         None if subgroup_attr is None else ATTRIBUTE_TITLES.get(subgroup_attr, subgroup_attr),
         ncols=2, figsize=(10.0, 8.0), eps=eps, methods=_private_methods(df),
-        empty_note=f"no subgroups '{subgroup_attr}' in this table")
+        empty_note=f"no subgroups '{subgroup_attr}' in this table", spread=spread)
     data.attrs["size_px"] = _save(fig, out_png)
     return data
 
 
-def label_auroc_data(metrics: pd.DataFrame) -> pd.DataFrame:
+def label_auroc_data(metrics: pd.DataFrame, spread: str = "bootstrap") -> pd.DataFrame:
     """Plotted numbers of :func:`plot_label_auroc_vs_epsilon`: one panel per label."""
     df = prepare(metrics)
     df = df[(df["label"] != "mean") & (df["subgroup"] == "all") & (df["metric"] == "auroc")]
     rows = []
     for lb in dict.fromkeys(df["label"]):
-        rows += _curve_rows(df[df["label"] == lb], lb, "label", lambda s: "AUROC")
+        rows += _curve_rows(df[df["label"] == lb], lb, "label", lambda s: "AUROC", spread)
     return _frame(rows)
 
 
-def plot_label_auroc_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
+def plot_label_auroc_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path,
+                                spread: str = "bootstrap") -> pd.DataFrame:
     """AUROC of every label (whole test set) against ε; one panel per label, shared y."""
     df = prepare(metrics)
-    data = label_auroc_data(df)
+    data = label_auroc_data(df, spread)
     labels = list(dict.fromkeys(data["panel"])) or ["(no labels)"]
     ncols = min(len(labels), 4)
     nrows = math.ceil(len(labels) / ncols)
@@ -325,12 +346,13 @@ def plot_label_auroc_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path) -> p
     fig = _epsilon_figure(
         data, {lb: lb.replace("_", " ") for lb in labels}, "AUROC",
         f"{_dataset_name(df)}AUROC per label vs ε (whole test set)", None, ncols=ncols,
-        figsize=(max(3.4 * ncols + 0.6, 6.0), 3.0 * nrows + 1.4), eps=eps, methods=_private_methods(df))
+        figsize=(max(3.4 * ncols + 0.6, 6.0), 3.0 * nrows + 1.4), eps=eps,
+        methods=_private_methods(df), spread=spread)
     data.attrs["size_px"] = _save(fig, out_png)
     return data
 
 
-def parity_data(metrics: pd.DataFrame) -> pd.DataFrame:
+def parity_data(metrics: pd.DataFrame, spread: str = "bootstrap") -> pd.DataFrame:
     """Plotted numbers of :func:`plot_parity_vs_epsilon`: one panel per attribute."""
     df = prepare(metrics)
     df = df[(df["label"] == "mean") & (df["metric"] == "parity_difference")
@@ -338,17 +360,18 @@ def parity_data(metrics: pd.DataFrame) -> pd.DataFrame:
     df = df.assign(attr=df["subgroup"].str.split("=", n=1).str[0])
     rows = []
     for a in dict.fromkeys(df["attr"]):
-        rows += _curve_rows(df[df["attr"] == a], a, "subgroup", _subgroup_value)
+        rows += _curve_rows(df[df["attr"] == a], a, "subgroup", _subgroup_value, spread)
     return _frame(rows)
 
 
-def plot_parity_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
+def plot_parity_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path,
+                           spread: str = "bootstrap") -> pd.DataFrame:
     """Statistical parity difference (label mean) of every subgroup against ε.
 
     One panel per attribute (sex, age group, ...); the solid black line at 0 is parity.
     """
     df = prepare(metrics)
-    data = parity_data(df)
+    data = parity_data(df, spread)
     attrs = list(dict.fromkeys(data["panel"]))
     panels = {a: ATTRIBUTE_TITLES.get(a, a) for a in attrs} or {"none": "no subgroups"}
     eps = sorted(df.loc[np.isfinite(df["epsilon"]), "epsilon"].unique())
@@ -370,18 +393,22 @@ def plot_parity_vs_epsilon(metrics: pd.DataFrame, out_png: str | Path) -> pd.Dat
                   frameon=False)
     _legend(fig, {}, _private_methods(df), None,
             has_private=bool((data["kind"] == "private").any()),
-            has_reference=bool((data["kind"] == "non_private").any()))
+            has_reference=bool((data["kind"] == "non_private").any()), spread=spread)
     data.attrs["size_px"] = _save(fig, out_png)
     return data
 
 
-def positives_data(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+def positives_data(metrics: pd.DataFrame, train_positives=None
+                   ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Points of :func:`plot_auroc_vs_positives` and Pearson r per group.
 
-    One point per (model, label) on the whole test set: x = positives of the label in the
-    test set, y = AUROC point estimate — the points of the ``auroc_vs_n_positive``
-    correlation of :func:`dpmed.evaluation.aggregate.correlations`, whose r is returned
-    (``{"private": r, "non_private": r}``, NaN if undefined).
+    One point per (model, label) on the whole test set: y = AUROC point estimate, x = the
+    label's positive **training** records when ``train_positives`` is given (the study's
+    relation; :func:`dpmed.evaluation.aggregate.positives_per_label` output or
+    ``{label: n}``), else its positive **test** records.  ``data.attrs["x"]`` names which
+    ("n_train_positive" / "n_test_positive").  r is that of the matching correlation of
+    :func:`dpmed.evaluation.aggregate.correlations` (``{"private": r, "non_private": r}``,
+    NaN if undefined).
     """
     df = prepare(metrics)
     sel = df[(df["label"] != "mean") & (df["subgroup"] == "all")]
@@ -391,29 +418,43 @@ def positives_data(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float
     for m in ("auroc", "n_positive"):
         if m not in w.columns:
             w[m] = np.nan
+    tp = aggregate._train_positive_table(train_positives)
+    if tp is not None:
+        ds = df["dataset"].iloc[0] if "dataset" in df.columns else ""
+        w["x"] = aggregate._with_train_positives(w.assign(dataset=ds), tp, ds)["n_train_positive"]
+        analysis, xname = "auroc_vs_n_train_positive", "n_train_positive"
+    else:
+        w["x"] = w["n_positive"]
+        analysis, xname = "auroc_vs_n_positive", "n_test_positive"
     rows = [{"panel": "auroc_vs_positives", "series": r.label, "method": r.method,
-             "epsilon": r.epsilon, "x": r.n_positive, "y": r.auroc, "yerr": np.nan,
+             "epsilon": r.epsilon, "x": r.x, "y": r.auroc, "yerr": np.nan,
              "kind": "private" if np.isfinite(r.epsilon) else "non_private"}
             for r in w.itertuples(index=False)]
-    corr = aggregate.correlations(df)
-    corr = corr[corr["analysis"] == "auroc_vs_n_positive"]
+    corr = aggregate.correlations(df, train_positives=train_positives)
+    corr = corr[corr["analysis"] == analysis]
     r = {g: float(corr.loc[corr["group"] == g, "r"].iloc[0]) if (corr["group"] == g).any()
          else math.nan for g in ("private", "non_private")}
-    return _frame(rows), r
+    data = _frame(rows)
+    data.attrs["x"] = xname
+    return data, r
 
 
 def _fmt_r(r: float) -> str:
     return "r n/a" if not np.isfinite(r) else f"r = {r:.2f}"
 
 
-def plot_auroc_vs_positives(metrics: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
-    """AUROC against the number of positive test records, one point per (model, label).
+def plot_auroc_vs_positives(metrics: pd.DataFrame, out_png: str | Path,
+                            train_positives=None) -> pd.DataFrame:
+    """AUROC against the number of positive records per label, one point per (model, label).
 
-    Private models: circles coloured by ε; non-private: black stars.  Pearson r (from
+    x = positive **training** records when ``train_positives`` is given (the study's
+    relation), else positive test records; the axis label and title say which.  Private
+    models: circles coloured by ε; non-private: black stars.  Pearson r (from
     :func:`dpmed.evaluation.aggregate.correlations`) of each group is in the legend.
     """
     df = prepare(metrics)
-    data, r = positives_data(df)
+    data, r = positives_data(df, train_positives)
+    which = "training" if data.attrs["x"] == "n_train_positive" else "test"
     fig, ax = plt.subplots(figsize=(8.0, 5.5), layout="constrained")
     priv = data[data["kind"] == "private"]
     nonp = data[data["kind"] == "non_private"]
@@ -442,10 +483,10 @@ def plot_auroc_vs_positives(metrics: pd.DataFrame, out_png: str | Path) -> pd.Da
                                     f"{len(nonp)} points)"))
     if data.empty:
         _note_empty(ax, "no per-label AUROC in this table")
-    ax.set_xlabel("positive records of the label in the test set")
+    ax.set_xlabel(f"positive records of the label in the {which} split")
     ax.set_ylabel("AUROC (whole test set)")
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{_dataset_name(df)}AUROC vs number of positive test records per label",
+    ax.set_title(f"{_dataset_name(df)}AUROC vs number of positive {which} records per label",
                  fontsize=12)
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False,

@@ -22,36 +22,52 @@ SUMMARY_FILES = (
 )
 
 
-def table1_flat(metrics: pd.DataFrame, label: str = "mean") -> pd.DataFrame:
+def table1_flat(metrics: pd.DataFrame, label: str = "mean", spread: str = "bootstrap"
+                ) -> pd.DataFrame:
     """:func:`aggregate.table1` with flat column names ``"<subgroup> <stat>"`` and ε as a
-    column (``inf`` for the non-private model) — one CSV header row, easy to read back."""
-    t = aggregate.table1(plots.prepare(metrics), label=label)
+    column (``inf`` for the non-private model) — one CSV header row, easy to read back.
+    The column ``"σ kind"`` says which spread the σ columns of each row are."""
+    t = aggregate.table1(plots.prepare(metrics), label=label, spread=spread)
     flat = t.copy()
     flat.columns = [f"{s} {stat}" for s, stat in t.columns]
     return flat.reset_index()
 
 
-def write_table1(metrics: pd.DataFrame, out_dir: str | Path, label: str = "mean"
-                 ) -> list[Path]:
-    """``table1.csv`` (flat, full precision) and ``table1.md`` (μ ± σ in %)."""
+def write_table1(metrics: pd.DataFrame, out_dir: str | Path, label: str = "mean",
+                 spread: str = "bootstrap") -> list[Path]:
+    """``table1.csv`` (flat, full precision) and ``table1.md`` (μ ± σ in %); ``spread``:
+    "bootstrap" or "seeds" (see :func:`aggregate.table1`)."""
     out_dir = Path(out_dir)
     df = plots.prepare(metrics)
-    table = aggregate.table1(df, label=label)
+    table = aggregate.table1(df, label=label, spread=spread)
     csv, md = out_dir / "table1.csv", out_dir / "table1.md"
-    write_csv(table1_flat(df, label), csv)
+    write_csv(table1_flat(df, label, spread), csv)
     write_text(aggregate.table1_markdown(table), md)
     return [csv, md]
 
 
-def write_correlations(metrics: pd.DataFrame, out_dir: str | Path) -> Path:
-    """``correlations.csv``: :func:`aggregate.correlations` of the point estimates."""
+def write_correlations(metrics: pd.DataFrame, out_dir: str | Path, train_positives=None
+                       ) -> Path:
+    """``correlations.csv``: :func:`aggregate.correlations` of the point estimates (with the
+    training-positive analyses when ``train_positives`` is given)."""
     path = Path(out_dir) / "correlations.csv"
-    write_csv(aggregate.correlations(plots.prepare(metrics)), path)
+    write_csv(aggregate.correlations(plots.prepare(metrics), train_positives=train_positives),
+              path)
     return path
 
 
-def write_summary(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=None,
+                  spread: str = "bootstrap") -> list[Path]:
     """Write every table and figure of one dataset into ``out_dir`` (:data:`SUMMARY_FILES`).
+
+    Parameters
+    ----------
+    train_positives: positive training records per label
+        (:func:`dpmed.evaluation.aggregate.positives_per_label` of the manifest, or
+        ``{label: n}``): AUROC vs positives then uses them, as the study does; without them
+        it falls back to test positives (the figure says which).
+    spread: Table 1's σ and the figures' error bars — "bootstrap" (CXR in the study) or
+        "seeds" (CT: std over independent trainings).
 
     Returns the paths in the order of :data:`SUMMARY_FILES`.  Figures whose subgroups are
     missing from the table (e.g. no ``age_group``) are still written, with a note.
@@ -59,17 +75,19 @@ def write_summary(metrics: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = plots.prepare(metrics)
-    paths = write_table1(df, out_dir)
-    paths.append(write_correlations(df, out_dir))
+    paths = write_table1(df, out_dir, spread=spread)
+    paths.append(write_correlations(df, out_dir, train_positives))
     figures = [
-        ("auroc_vs_epsilon.png", lambda p: plots.plot_metrics_vs_epsilon(df, p)),
+        ("auroc_vs_epsilon.png", lambda p: plots.plot_metrics_vs_epsilon(df, p, spread=spread)),
         ("auroc_vs_epsilon_by_age.png",
-         lambda p: plots.plot_metrics_vs_epsilon(df, p, subgroup_attr="age_group")),
+         lambda p: plots.plot_metrics_vs_epsilon(df, p, "age_group", spread)),
         ("auroc_vs_epsilon_by_sex.png",
-         lambda p: plots.plot_metrics_vs_epsilon(df, p, subgroup_attr="sex")),
-        ("label_auroc_vs_epsilon.png", lambda p: plots.plot_label_auroc_vs_epsilon(df, p)),
-        ("auroc_vs_positives.png", lambda p: plots.plot_auroc_vs_positives(df, p)),
-        ("parity_vs_epsilon.png", lambda p: plots.plot_parity_vs_epsilon(df, p)),
+         lambda p: plots.plot_metrics_vs_epsilon(df, p, "sex", spread)),
+        ("label_auroc_vs_epsilon.png",
+         lambda p: plots.plot_label_auroc_vs_epsilon(df, p, spread)),
+        ("auroc_vs_positives.png",
+         lambda p: plots.plot_auroc_vs_positives(df, p, train_positives)),
+        ("parity_vs_epsilon.png", lambda p: plots.plot_parity_vs_epsilon(df, p, spread)),
     ]
     for name, draw in figures:
         draw(out_dir / name)
