@@ -1,0 +1,241 @@
+"""Non-private MCGAN training (the study's variant), built from the task functions of
+:mod:`dpmed.generation.gan`, with checkpoint/resume.
+
+This is the paper's setting: both networks trained without DP on the training records, so the
+generator and everything made from it carry **no** guarantee (the returned
+:class:`~dpmed.privacy.guarantee.Guarantee` says so). It is kept small on purpose: it will move
+onto the private-training engine's non-private loop, and the DP variant trains the
+discriminator through the engine with the same task functions.
+
+Outputs in ``out_dir``: ``generator.pt`` (the selected generator, see :func:`load_generator`),
+``history.csv`` (per epoch: mean D and G loss, sample spread, score). ``checkpoint.pt`` holds
+the full state after each epoch (removed at the end unless ``keep_checkpoint``); a killed run
+restarts from it, a checkpoint written under other settings or data is ignored. A divergence
+raises :class:`~dpmed.generation.gan.GANDivergenceError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from dpmed.generation.gan import (CheckpointRule, GANTrainSettings, augment_patches, check_collapse,
+                                  check_finite, discriminator_pair_losses, draw_real_targets,
+                                  generator_loss, sample_latent, seeds_for)
+from dpmed.io.atomic import atomic_path, write_csv
+from dpmed.models.mcgan import MCGANGenerator, MCGANSettings, build_mcgan
+from dpmed.privacy.guarantee import Guarantee, NonPrivateInput, no_guarantee
+
+__all__ = ["train_mcgan_nonprivate", "load_generator", "load_patches"]
+
+GENERATOR_FILE = "generator.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _on_epoch_end(epoch: int, out_dir: Path) -> None:
+    """Called after each epoch's checkpoint is written (tests patch it to simulate a kill)."""
+
+
+def load_patches(cache_path, manifest, label: str = "malignant") -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches of a cache scaled to [−1, 1] ``(N, 1, S, S)`` and their 0/1 labels ``(N,)`` (long).
+
+    Scaling is by the cache's fixed ``value_range`` only (uint8 0..255 → −1..1), never by
+    statistics of the data.
+    """
+    from dpmed.training.data import CacheDataset
+
+    ds = CacheDataset(cache_path, manifest, [label], channels=1, mean=0.5, std=0.5)
+    x = torch.stack([ds.image(i) for i in range(len(ds))]) if len(ds) else torch.zeros(0)
+    y = ds.targets[:, 0].long()
+    ds.close()
+    return x, y
+
+
+def _fingerprint(net: MCGANSettings, s: GANTrainSettings, seed: int, images: torch.Tensor,
+                 labels: torch.Tensor) -> str:
+    h = hashlib.sha256(json.dumps([net.to_dict(), s.to_dict(), int(seed)], sort_keys=True).encode())
+    h.update(images.detach().cpu().numpy().tobytes())
+    h.update(labels.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _run_epoch(g, d, opt_g, opt_d, images, labels, s: GANTrainSettings, gens, dev) -> tuple[float, float]:
+    """One pass over the real records in shuffled batches; returns mean D and G losses."""
+    order = torch.randperm(len(images), generator=gens["shuffle"])
+    lo, hi = s.real_target_range
+    d_sum = g_sum = 0.0
+    for start in range(0, len(order), s.batch_size):
+        idx = order[start:start + s.batch_size]
+        real = images[idx]
+        if s.augment:
+            real = augment_patches(real, gens["augment"], flip_p=s.flip_p, scale=s.crop_scale, ratio=s.crop_ratio)
+        real, y_real = real.to(dev), labels[idx].to(dev)
+        z, y_fake = sample_latent(len(idx), g.settings.latent_dim, g.settings.num_classes, gens["latent"], dev)
+        t = draw_real_targets(len(idx), gens["latent"], lo, hi, dev)
+        fake = g(z, y_fake)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d = discriminator_pair_losses(d, real, y_real, fake.detach(), y_fake, t).mean()
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g = generator_loss(d, fake, y_fake)
+        loss_g.backward()
+        opt_g.step()
+        d_sum += loss_d.item() * len(idx)
+        g_sum += loss_g.item() * len(idx)
+    return d_sum / len(images), g_sum / len(images)
+
+
+def _probe(g: MCGANGenerator, n: int, seed: int, dev) -> torch.Tensor:
+    """``n`` samples for fixed z and labels (the same every epoch), for the collapse check."""
+    gen = torch.Generator().manual_seed(seed)
+    z, y = sample_latent(n, g.settings.latent_dim, g.settings.num_classes, gen, dev)
+    with torch.no_grad():
+        return g(z, y)
+
+
+def train_mcgan_nonprivate(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    out_dir,
+    *,
+    settings: GANTrainSettings | Mapping[str, Any],
+    net: MCGANSettings | Mapping[str, Any],
+    seed: int,
+    scorer: Callable[[nn.Module], float] | None = None,
+    score_data: str = "",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train MCGAN without DP on ``images`` / ``labels`` and write the selected generator.
+
+    Parameters
+    ----------
+    images: ``(N, 1, S, S)`` real patches in [−1, 1] (:func:`load_patches`).
+    labels: ``(N,)`` class labels in ``0 .. num_classes − 1``.
+    out_dir: folder for ``generator.pt``, ``history.csv`` and the checkpoint.
+    settings, net: :class:`GANTrainSettings` / :class:`MCGANSettings` (or mappings of them).
+    seed: config seed (initialisation, shuffling, latent draws, augmentation).
+    scorer, score_data: for ``select: best``: ``scorer(G) -> float`` (lower is better) and a
+        description of the **public or held-out** data it reads (see :class:`CheckpointRule`).
+    device: torch device string.
+
+    Returns
+    -------
+    dict with ``generator_path``, ``selection`` (rule, epoch, score), ``history`` (rows),
+    ``resumed_from_epoch`` and ``guarantee`` (a :class:`Guarantee` of kind ``none``).
+
+    Raises
+    ------
+    GANDivergenceError: non-finite loss or collapsed samples, naming the epoch; nothing is written.
+    ConfigError: invalid settings, or ``images`` that do not fit the network.
+    """
+    s = settings if isinstance(settings, GANTrainSettings) else GANTrainSettings.from_mapping(settings)
+    ns = net if isinstance(net, MCGANSettings) else MCGANSettings.from_mapping(net)
+    _check_inputs(images, labels, ns)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / GENERATOR_FILE).unlink(missing_ok=True)  # a stale generator must not survive a failed run
+    dev = torch.device(device)
+    init_seed, shuffle_seed, latent_seed, aug_seed = seeds_for(seed)
+    torch.manual_seed(init_seed)
+    g, d = build_mcgan(ns)
+    g, d = g.to(dev), d.to(dev)
+    opt_g = torch.optim.Adam(g.parameters(), lr=s.lr, betas=s.betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=s.lr, betas=s.betas)
+    gens = {"shuffle": torch.Generator().manual_seed(shuffle_seed),
+            "latent": torch.Generator().manual_seed(latent_seed),
+            "augment": torch.Generator().manual_seed(aug_seed)}
+    rule = CheckpointRule(s.select, s.epochs, s.select_epoch, s.score_every, scorer, score_data)
+    fp = _fingerprint(ns, s, seed, images, labels)
+    history, first = [], 1
+    ck_path = out / CHECKPOINT_FILE
+    if ck_path.exists():
+        ck = torch.load(ck_path, map_location=dev, weights_only=False)
+        if ck.get("fingerprint") == fp:
+            g.load_state_dict(ck["g"]), d.load_state_dict(ck["d"])
+            opt_g.load_state_dict(ck["opt_g"]), opt_d.load_state_dict(ck["opt_d"])
+            for k, gen in gens.items():
+                gen.set_state(ck["gens"][k])
+            rule.load_state(ck["rule"])
+            history, first = ck["history"], ck["epoch"] + 1
+    resumed_from = first - 1 if first > 1 else None
+    for epoch in range(first, s.epochs + 1):
+        g.train(), d.train()
+        loss_d, loss_g = _run_epoch(g, d, opt_g, opt_d, images, labels, s, gens, dev)
+        check_finite(epoch, discriminator=loss_d, generator=loss_g)
+        spread = check_collapse(epoch, _probe(g, s.collapse_samples, latent_seed, dev), s.collapse_tol)
+        g.eval()
+        rule.consider(epoch, g)
+        history.append({"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g, "sample_spread": spread,
+                        "score": dict(rule.scores).get(epoch, float("nan"))})
+        _save(ck_path, {"fingerprint": fp, "epoch": epoch, "g": g.state_dict(), "d": d.state_dict(),
+                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                        "gens": {k: v.get_state() for k, v in gens.items()}, "rule": rule.state(),
+                        "history": history})
+        _on_epoch_end(epoch, out)
+    return _finish(out, ns, s, rule, history, resumed_from, n_train=len(images))
+
+
+def _check_inputs(images: torch.Tensor, labels: torch.Tensor, ns: MCGANSettings) -> None:
+    from dpmed.errors import ConfigError
+
+    S = ns.image_size
+    if images.dim() != 4 or tuple(images.shape[1:]) != (1, S, S):
+        raise ConfigError(f"MCGAN at {S}x{S} needs patches (N, 1, {S}, {S}), got {tuple(images.shape)}")
+    if len(images) == 0 or len(labels) != len(images):
+        raise ConfigError(f"need as many labels as patches (> 0), got {len(labels)} and {len(images)}")
+    if labels.min() < 0 or labels.max() >= ns.num_classes:
+        raise ConfigError(f"labels must lie in 0..{ns.num_classes - 1}")
+    if images.min() < -1.0001 or images.max() > 1.0001:
+        raise ConfigError("MCGAN patches must be scaled to [-1, 1] (Tanh output); see load_patches")
+
+
+def nonprivate_guarantee() -> Guarantee:
+    """The guarantee of a generator trained without DP on the private records: none."""
+    return no_guarantee(
+        "record",
+        reason="the generator (both networks) was trained without differential privacy on the "
+               "private training records; its samples can reproduce them",
+        released="generator weights and every synthetic patch sampled from them",
+        non_private_inputs=(NonPrivateInput("GAN training", "the private training records, without DP"),),
+    )
+
+
+def _finish(out: Path, ns: MCGANSettings, s: GANTrainSettings, rule: CheckpointRule,
+            history: list, resumed_from, n_train: int) -> dict[str, Any]:
+    guarantee = nonprivate_guarantee()
+    _save(out / GENERATOR_FILE, {
+        "kind": "mcgan-generator", "mcgan": ns.to_dict(), "state_dict": rule.best_state,
+        "selection": rule.describe(), "training": s.to_dict(), "n_train": n_train,
+        "guarantee": guarantee.to_dict()})
+    write_csv(pd.DataFrame(history, columns=["epoch", "loss_d", "loss_g", "sample_spread", "score"]),
+              out / "history.csv")
+    if not s.keep_checkpoint:
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return {"generator_path": str(out / GENERATOR_FILE), "selection": rule.describe(),
+            "history": history, "resumed_from_epoch": resumed_from, "guarantee": guarantee}
+
+
+def load_generator(path) -> tuple[MCGANGenerator, dict[str, Any]]:
+    """The generator of a ``generator.pt`` (eval mode) and the file's other entries."""
+    from dpmed.errors import ConfigError
+
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict) or obj.get("kind") != "mcgan-generator":
+        raise ConfigError(f"{path}: not an MCGAN generator file")
+    g = MCGANGenerator(MCGANSettings(**obj["mcgan"]))
+    g.load_state_dict(obj["state_dict"])
+    g.eval()
+    info = {k: v for k, v in obj.items() if k != "state_dict"}
+    return g, info
