@@ -293,3 +293,67 @@ def test_uint8_mapping_inverts_cache_scaling(tmp_path):
     x, y = load_patches(tmp_path / "r.h5", man)
     assert x.min() == -1 and x.max() == 1 and y.tolist() == [1]
     np.testing.assert_array_equal(to_uint8(x), u8)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_opacus_per_sample_gradients_treat_each_pair_as_one_unit():
+    """Through Opacus' hooks (D called twice: real, then fake), per-sample gradient row i is the
+    gradient of the pair loss ℓ_i alone -- what per-sample clipping must bound."""
+    from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    torch.manual_seed(2)
+    _, d = build_mcgan(MCGANSettings(image_size=32))
+    assert ModuleValidator.validate(d, strict=False) == []
+    real, yr, fake, yf = _pair_batch()
+    t = torch.tensor([0.8, 1.1, 0.9, 1.0])
+    params = list(d.parameters())
+    want = [torch.autograd.grad(discriminator_pair_losses(d, real[i:i + 1], yr[i:i + 1], fake[i:i + 1],
+                                                          yf[i:i + 1], t[i:i + 1]).sum(), params)
+            for i in range(4)]  # brute force, before the hooks exist
+    gsm = GradSampleModule(d, batch_first=True, loss_reduction="sum")
+    discriminator_pair_losses(gsm, real, yr, fake, yf, t).sum().backward()
+    for i in range(4):
+        for p, w in zip(params, want[i]):
+            torch.testing.assert_close(p.grad_sample[i], w, rtol=1e-4, atol=1e-6)
+    gsm._close()
+
+
+def test_batch_losses_keep_the_d_step_away_from_g():
+    torch.manual_seed(0)
+    g, d = build_mcgan(MCGANSettings(image_size=32))
+    s = GANTrainSettings(epochs=1)
+    real, yr, _, _ = _pair_batch()
+    losses, fake, yf = gan.discriminator_batch_losses(d, g, real, yr, s, torch.Generator().manual_seed(0),
+                                                      torch.Generator().manual_seed(1))
+    assert losses.shape == (4,) and fake.requires_grad
+    losses.mean().backward()
+    assert all(p.grad is None for p in g.parameters())
+    assert all(p.grad is not None for p in d.parameters())
+    empty, _, _ = gan.discriminator_batch_losses(d, g, real[:0], yr[:0], s, torch.Generator(), torch.Generator())
+    assert empty.shape == (0,)
+
+
+def test_best_checkpoint_by_fd_on_held_out_patches(tmp_path):
+    from dpmed.evaluation.fidelity import generator_fd_scorer
+    from dpmed.models import build_model
+
+    x, y = _tiny_data()
+    held = to_uint8(_tiny_data(seed=9)[0])
+    with CacheWriter(tmp_path / "held.h5", len(held), (32, 32), np.uint8,
+                     {"dataset": "d", "split": "val", "kind": "mammography", "value_range": [0, 255]}) as w:
+        for i, img in enumerate(held):
+            w.write(i, f"h{i}", img)
+    torch.manual_seed(0)
+    enc = build_model({"width": 0.125, "groups": 8, "in_channels": 1, "num_labels": 1})
+    torch.save({"state_dict": enc.state_dict(), "model_cfg": enc.config(), "labels": ["a"],
+                "normalization": {"mean": 0.5, "std": 0.25, "channels": 1}}, tmp_path / "enc.pt")
+    scorer = generator_fd_scorer(tmp_path / "enc.pt", [tmp_path / "held.h5"], n_per_class=6, seed=0)
+    res = train_mcgan_nonprivate(x, y, tmp_path / "run", settings=dict(TINY, select="best"), net=NET, seed=3,
+                                 scorer=scorer, score_data="held-out validation patches")
+    sel = res["selection"]
+    scores = dict(sel["scores"])
+    assert sorted(scores) == [1, 2] and sel["score"] == min(scores.values())
+    assert sel["epoch"] == min(scores, key=scores.get) and sel["score_data"] == "held-out validation patches"
+    g, info = load_generator(tmp_path / "run" / "generator.pt")
+    assert scorer(g) == pytest.approx(sel["score"], rel=1e-5)

@@ -42,7 +42,7 @@ from dpmed.errors import ConfigError
 __all__ = [
     "gaussian_stats", "frechet_distance_from_stats", "frechet_distance", "mmd2_unbiased_poly", "kid",
     "knn_radii", "precision_recall", "MemorisationReport", "memorisation_check", "fidelity_table",
-    "encode_caches",
+    "encode_caches", "generator_fd_scorer",
 ]
 
 
@@ -267,3 +267,32 @@ def encode_caches(model_path, cache_paths: Sequence, *, device: str = "cpu",
         with h5py.File(out, "r") as fh:
             ids = [s.decode() if isinstance(s, bytes) else str(s) for s in fh["record_id"][()]]
             return ids, fh["embedding"][()].astype(np.float64)
+
+
+def generator_fd_scorer(model_path, reference_caches: Sequence, *, n_per_class: int, seed: int = 0,
+                        device: str = "cpu"):
+    """A checkpoint scorer: Fréchet distance between a generator's samples and reference patches.
+
+    ``reference_caches`` must hold **public or held-out** patches (never the private training
+    records; see :class:`dpmed.generation.gan.CheckpointRule`). Their features are computed
+    once; each call samples ``n_per_class`` patches per class (fixed ``seed``, so epochs are
+    compared on the same z), encodes them with the same frozen encoder and returns the FD
+    (lower is better).
+    """
+    from dpmed.generation.sampling import generate_patches
+    from dpmed.io.cache import CacheWriter
+
+    _, ref = encode_caches(model_path, reference_caches, device=device)
+
+    def score(generator) -> float:
+        images, _ = generate_patches(generator, n_per_class, seed=seed, device=device)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "samples.h5"
+            attrs = {"dataset": "samples", "split": "samples", "kind": "mammography", "value_range": [0, 255]}
+            with CacheWriter(path, len(images), images.shape[1:], np.uint8, attrs) as w:
+                for i, img in enumerate(images):
+                    w.write(i, f"s{i}", img)
+            _, feats = encode_caches(model_path, [path], device=device)
+        return frechet_distance(ref, feats)
+
+    return score

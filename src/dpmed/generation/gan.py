@@ -8,6 +8,8 @@ the discriminator under DP-SGD with the same functions as the non-private loop h
   it), shape ``(B,)``. Under DP the pair is the unit clipped together: the fake carries no
   private information of its own, but D's gradient on it depends on D, and D's per-record
   sensitivity is bounded only if both terms sit inside one clipped per-sample gradient.
+* :func:`discriminator_batch_losses` — the same for a batch of real records: augmentation, one
+  fake per record, smoothed targets (what a private engine calls on each Poisson batch).
 * :func:`generator_loss` — the non-saturating loss ``mean BCE(D(G(z, ỹ), ỹ), 1)``.
 * :func:`augment_patches` — h/v flips (p = 0.5) and a random resized crop (area scale 0.9–1.1,
   aspect 0.95–1.1), drawn from an explicit generator seeded from the config seed.
@@ -48,7 +50,8 @@ from dpmed.errors import ConfigError, DpmedError
 
 __all__ = [
     "GANDivergenceError", "GANTrainSettings", "CheckpointRule", "draw_real_targets",
-    "sample_latent", "augment_patches", "discriminator_pair_losses", "generator_loss",
+    "sample_latent", "augment_patches", "discriminator_pair_losses", "discriminator_batch_losses",
+    "generator_loss",
     "check_finite", "check_collapse", "max_pairwise_rms",
 ]
 
@@ -225,6 +228,28 @@ def discriminator_pair_losses(d: nn.Module, real: torch.Tensor, y_real: torch.Te
     lf = F.binary_cross_entropy_with_logits(
         d(fake, y_fake), torch.zeros(len(fake), dtype=fake.dtype, device=fake.device), reduction="none")
     return lr + lf
+
+
+def discriminator_batch_losses(d: nn.Module, g: nn.Module, real: torch.Tensor, y_real: torch.Tensor,
+                               settings: "GANTrainSettings", latent_gen: torch.Generator,
+                               augment_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Everything of one D step but backward and update, for a batch of real records.
+
+    Augments the real patches (if ``settings.augment``), draws one fake per real record
+    (``z``, ``ỹ`` from ``latent_gen``), draws the smoothed targets, and returns
+    ``(losses (B,), fake, ỹ)``: the per-pair losses of :func:`discriminator_pair_losses` (the
+    fakes enter them detached, so the D backward never reaches G) and the fakes *with* their
+    graph, which the G step may reuse. An empty batch (Poisson sampling) gives empty tensors.
+    """
+    dev = real.device
+    st = g.settings
+    if settings.augment:
+        real = augment_patches(real, augment_gen, flip_p=settings.flip_p, scale=settings.crop_scale,
+                               ratio=settings.crop_ratio)
+    z, y_fake = sample_latent(len(real), st.latent_dim, st.num_classes, latent_gen, dev)
+    t = draw_real_targets(len(real), latent_gen, *settings.real_target_range, dev)
+    fake = g(z, y_fake)
+    return discriminator_pair_losses(d, real, y_real, fake.detach(), y_fake, t), fake, y_fake
 
 
 def generator_loss(d: nn.Module, fake: torch.Tensor, y_fake: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from dpmed.generation.gan import (CheckpointRule, GANTrainSettings, augment_patches, check_collapse,
-                                  check_finite, discriminator_pair_losses, draw_real_targets,
-                                  generator_loss, sample_latent, seeds_for)
+from dpmed.generation.gan import (CheckpointRule, GANTrainSettings, check_collapse, check_finite,
+                                  discriminator_batch_losses, generator_loss, sample_latent, seeds_for)
 from dpmed.io.atomic import atomic_path, write_csv
 from dpmed.models.mcgan import MCGANGenerator, MCGANSettings, build_mcgan
 from dpmed.privacy.guarantee import Guarantee, NonPrivateInput, no_guarantee
@@ -73,19 +72,13 @@ def _save(path: Path, obj: dict) -> None:
 def _run_epoch(g, d, opt_g, opt_d, images, labels, s: GANTrainSettings, gens, dev) -> tuple[float, float]:
     """One pass over the real records in shuffled batches; returns mean D and G losses."""
     order = torch.randperm(len(images), generator=gens["shuffle"])
-    lo, hi = s.real_target_range
     d_sum = g_sum = 0.0
     for start in range(0, len(order), s.batch_size):
         idx = order[start:start + s.batch_size]
-        real = images[idx]
-        if s.augment:
-            real = augment_patches(real, gens["augment"], flip_p=s.flip_p, scale=s.crop_scale, ratio=s.crop_ratio)
-        real, y_real = real.to(dev), labels[idx].to(dev)
-        z, y_fake = sample_latent(len(idx), g.settings.latent_dim, g.settings.num_classes, gens["latent"], dev)
-        t = draw_real_targets(len(idx), gens["latent"], lo, hi, dev)
-        fake = g(z, y_fake)
         opt_d.zero_grad(set_to_none=True)
-        loss_d = discriminator_pair_losses(d, real, y_real, fake.detach(), y_fake, t).mean()
+        losses, fake, y_fake = discriminator_batch_losses(
+            d, g, images[idx].to(dev), labels[idx].to(dev), s, gens["latent"], gens["augment"])
+        loss_d = losses.mean()
         loss_d.backward()
         opt_d.step()
         opt_g.zero_grad(set_to_none=True)
