@@ -264,11 +264,13 @@ def test_synthetic_set_reads_like_real_data(tmp_path):
                                  "label_malignant", "source_path", "laterality", "view", "breast_density",
                                  "abnormality_id"])
     man = write_synthetic_set(g, tmp_path / "syn.h5", tmp_path / "syn.parquet", n_per_class=5, seed=1,
-                              label="malignant", dataset="mammo", like=like, batch_size=3)
+                              label="malignant", dataset="mammo", like=like, batch_size=3,
+                              guarantee=nonprivate.nonprivate_guarantee())
     images, ids, attrs = read_cache(tmp_path / "syn.h5")
     assert images.dtype == np.uint8 and images.shape == (10, 32, 32)
     assert ids[:2] == ["syn-0-000000", "syn-0-000001"] and ids[5] == "syn-1-000000"
     assert attrs["kind"] == "mammography" and attrs["value_range"] == [0, 255]
+    assert attrs["guarantee"]["kind"] == "none" and attrs["guarantee"]["derived_from"][0]["kind"] == "none"
     read_back = pd.read_parquet(tmp_path / "syn.parquet")
     assert list(read_back.columns)[:len(like.columns)] == list(like.columns)
     assert set(read_back["sex"]) == {"U"} and read_back["age"].isna().all()
@@ -357,3 +359,48 @@ def test_best_checkpoint_by_fd_on_held_out_patches(tmp_path):
     assert sel["epoch"] == min(scores, key=scores.get) and sel["score_data"] == "held-out validation patches"
     g, info = load_generator(tmp_path / "run" / "generator.pt")
     assert scorer(g) == pytest.approx(sel["score"], rel=1e-5)
+
+
+def test_synthetic_set_inherits_a_dp_generator_guarantee():
+    from dpmed.generation.sampling import synthetic_guarantee
+    from dpmed.privacy.guarantee import Guarantee
+
+    dp = Guarantee(kind="central", unit="record", epsilon=6.0, delta=1e-4, mechanism="dp-sgd",
+                   parameters={"noise_multiplier": 1.1}, noise_source="os entropy")
+    syn = synthetic_guarantee(dp.to_dict())
+    assert syn.kind == "derived" and (syn.epsilon, syn.delta) == (6.0, 1e-4) and syn.derived_from == (dp,)
+    assert not synthetic_guarantee(nonprivate.nonprivate_guarantee()).holds
+
+
+def test_task_contract_for_the_engine():
+    """step(model, batch) -> (B,) with CacheDataset-style (B, 1) float targets; after_step
+    updates G through D inside the trainer's outside_mechanism (D gets no gradient)."""
+    import contextlib
+
+    torch.manual_seed(0)
+    g, d = build_mcgan(MCGANSettings(image_size=32))
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3)
+    task = gan.MCGANTask(g, opt_g, GANTrainSettings(epochs=1, batch_size=4), torch.Generator().manual_seed(0))
+    real, yr, _, _ = _pair_batch()
+    losses = task.d_losses(d, (real, yr.float()[:, None]))
+    assert losses.shape == (4,) and torch.isfinite(losses).all()
+
+    class Trainer:
+        @contextlib.contextmanager
+        def outside_mechanism(self):
+            for p in d.parameters():
+                p.requires_grad_(False)
+            yield d
+            for p in d.parameters():
+                p.requires_grad_(True)
+
+    before = [p.detach().clone() for p in g.parameters()]
+    task.after_step(Trainer())
+    assert all(p.grad is None for p in d.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
+    st = task.state_dict()
+    nonfinite, g_loss = task.take_epoch_losses()
+    assert not nonfinite and math.isfinite(g_loss) and task.g_losses == []
+    task.d_losses(d, (real * float("nan"), yr))
+    assert task.take_epoch_losses()[0] is True
+    task.load_state_dict(st)

@@ -14,6 +14,8 @@ the discriminator under DP-SGD with the same functions as the non-private loop h
 * :func:`augment_patches` — h/v flips (p = 0.5) and a random resized crop (area scale 0.9–1.1,
   aspect 0.95–1.1), drawn from an explicit generator seeded from the config seed.
 * :func:`draw_real_targets` — one-sided label smoothing ``t ~ U[0.7, 1.2]`` (paper).
+* :class:`MCGANTask` — the above bundled as a task of the private-training engine's loop
+  (``step(model, batch) -> (B,)`` and an ``after_step`` generator update).
 * :func:`check_finite` / :func:`check_collapse` — divergence stops the run naming the epoch.
 * :class:`CheckpointRule` — which epoch's generator is kept: a fixed epoch, or the best by a
   fidelity scorer on public or held-out data.
@@ -49,7 +51,7 @@ import torch.nn.functional as F
 from dpmed.errors import ConfigError, DpmedError
 
 __all__ = [
-    "GANDivergenceError", "GANTrainSettings", "CheckpointRule", "draw_real_targets",
+    "GANDivergenceError", "GANTrainSettings", "CheckpointRule", "MCGANTask", "draw_real_targets",
     "sample_latent", "augment_patches", "discriminator_pair_losses", "discriminator_batch_losses",
     "generator_loss",
     "check_finite", "check_collapse", "max_pairwise_rms",
@@ -256,6 +258,74 @@ def generator_loss(d: nn.Module, fake: torch.Tensor, y_fake: torch.Tensor) -> to
     """Non-saturating generator loss ``mean_i BCE(D(G(z_i, ỹ_i), ỹ_i), 1)`` (a scalar)."""
     logits = d(fake, y_fake)
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+# ------------------------------------------------------------------------- the task
+class MCGANTask:
+    """MCGAN as a task of a training loop: D is the trained model, G is updated after each D step.
+
+    Contract of the private-training engine (``dpmed.training.engine``)::
+
+        task = MCGANTask(g, opt_g, settings, trainer.task_generator)
+        trainer.run_epochs(n, task.d_losses, after_step=task.after_step, task_state=task.state_dict)
+
+    * :meth:`d_losses` ``(model, batch) -> (B,)``: per-pair losses of a (physical) batch of real
+      records ``(images in [−1, 1], labels)``; each real record is paired with its own fake,
+      so the engine clips the pair as one unit. Non-finite losses are remembered
+      (:attr:`nonfinite`) for the divergence check.
+    * :meth:`g_step` ``(d) -> float``: one generator step on ``settings.batch_size`` fresh fakes
+      through ``d``; :meth:`after_step` runs it inside ``trainer.outside_mechanism()`` (under DP
+      the generator step is post-processing of the released D: no D gradient, no per-sample
+      state, no privacy cost).
+    * ``rng``: one generator for all task randomness (augmentation, z, fake labels, targets),
+      seeded from the config seed (the engine's ``task_generator``).
+    """
+
+    def __init__(self, generator: nn.Module, g_optimizer: torch.optim.Optimizer, settings: "GANTrainSettings",
+                 rng: torch.Generator):
+        self.g = generator
+        self.opt_g = g_optimizer
+        self.settings = settings
+        self.rng = rng
+        self.nonfinite = False
+        self.g_losses: list[float] = []
+
+    def d_losses(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        y = y.reshape(len(y), -1)[:, 0] if y.dim() > 1 else y  # CacheDataset targets are (B, 1) floats
+        losses, _, _ = discriminator_batch_losses(model, self.g, x, y.long(), self.settings, self.rng, self.rng)
+        if not bool(torch.isfinite(losses.detach()).all()):
+            self.nonfinite = True
+        return losses
+
+    def g_step(self, d: nn.Module) -> float:
+        st = self.g.settings
+        z, y = sample_latent(self.settings.batch_size, st.latent_dim, st.num_classes, self.rng,
+                             next(self.g.parameters()).device)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss = generator_loss(d, self.g(z, y), y)
+        loss.backward()
+        self.opt_g.step()
+        self.g_losses.append(loss.item())
+        return self.g_losses[-1]
+
+    def after_step(self, trainer) -> None:
+        with trainer.outside_mechanism() as d:
+            self.g_step(d)
+
+    def take_epoch_losses(self) -> tuple[bool, float]:
+        """(non-finite D loss seen, mean G loss) since the last call; resets both."""
+        out = (self.nonfinite, float(np.mean(self.g_losses)) if self.g_losses else math.nan)
+        self.nonfinite, self.g_losses = False, []
+        return out
+
+    def state_dict(self) -> dict:
+        return {"g": self.g.state_dict(), "opt_g": self.opt_g.state_dict(), "rng": self.rng.get_state()}
+
+    def load_state_dict(self, st: Mapping[str, Any]) -> None:
+        self.g.load_state_dict(st["g"])
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.rng.set_state(st["rng"])
 
 
 # ------------------------------------------------------------------------- divergence

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,8 +26,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from dpmed.generation.gan import (CheckpointRule, GANTrainSettings, check_collapse, check_finite,
-                                  discriminator_batch_losses, generator_loss, sample_latent, seeds_for)
+from dpmed.generation.gan import (CheckpointRule, GANTrainSettings, MCGANTask, check_collapse, check_finite,
+                                  sample_latent, seeds_for)
 from dpmed.io.atomic import atomic_path, write_csv
 from dpmed.models.mcgan import MCGANGenerator, MCGANSettings, build_mcgan
 from dpmed.privacy.guarantee import Guarantee, NonPrivateInput, no_guarantee
@@ -69,25 +70,21 @@ def _save(path: Path, obj: dict) -> None:
         torch.save(obj, tmp)
 
 
-def _run_epoch(g, d, opt_g, opt_d, images, labels, s: GANTrainSettings, gens, dev) -> tuple[float, float]:
-    """One pass over the real records in shuffled batches; returns mean D and G losses."""
-    order = torch.randperm(len(images), generator=gens["shuffle"])
-    d_sum = g_sum = 0.0
+def _run_epoch(task: MCGANTask, d, opt_d, images, labels, s: GANTrainSettings, shuffle, dev) -> tuple[float, float]:
+    """One pass over the real records in shuffled batches, a G step after each D step;
+    returns the mean D loss and the mean G loss."""
+    order = torch.randperm(len(images), generator=shuffle)
+    d_sum = 0.0
     for start in range(0, len(order), s.batch_size):
         idx = order[start:start + s.batch_size]
         opt_d.zero_grad(set_to_none=True)
-        losses, fake, y_fake = discriminator_batch_losses(
-            d, g, images[idx].to(dev), labels[idx].to(dev), s, gens["latent"], gens["augment"])
-        loss_d = losses.mean()
+        loss_d = task.d_losses(d, (images[idx].to(dev), labels[idx].to(dev))).mean()
         loss_d.backward()
         opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g = generator_loss(d, fake, y_fake)
-        loss_g.backward()
-        opt_g.step()
+        task.g_step(d)
         d_sum += loss_d.item() * len(idx)
-        g_sum += loss_g.item() * len(idx)
-    return d_sum / len(images), g_sum / len(images)
+    nonfinite, loss_g = task.take_epoch_losses()
+    return (math.nan if nonfinite else d_sum / len(images)), loss_g
 
 
 def _probe(g: MCGANGenerator, n: int, seed: int, dev) -> torch.Tensor:
@@ -140,15 +137,14 @@ def train_mcgan_nonprivate(
     out.mkdir(parents=True, exist_ok=True)
     (out / GENERATOR_FILE).unlink(missing_ok=True)  # a stale generator must not survive a failed run
     dev = torch.device(device)
-    init_seed, shuffle_seed, latent_seed, aug_seed = seeds_for(seed)
+    init_seed, shuffle_seed, task_seed, probe_seed = seeds_for(seed)
     torch.manual_seed(init_seed)
     g, d = build_mcgan(ns)
     g, d = g.to(dev), d.to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=s.lr, betas=s.betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=s.lr, betas=s.betas)
-    gens = {"shuffle": torch.Generator().manual_seed(shuffle_seed),
-            "latent": torch.Generator().manual_seed(latent_seed),
-            "augment": torch.Generator().manual_seed(aug_seed)}
+    gens = {"shuffle": torch.Generator().manual_seed(shuffle_seed), "task": torch.Generator().manual_seed(task_seed)}
+    task = MCGANTask(g, opt_g, s, gens["task"])
     rule = CheckpointRule(s.select, s.epochs, s.select_epoch, s.score_every, scorer, score_data)
     fp = _fingerprint(ns, s, seed, images, labels)
     history, first = [], 1
@@ -165,9 +161,9 @@ def train_mcgan_nonprivate(
     resumed_from = first - 1 if first > 1 else None
     for epoch in range(first, s.epochs + 1):
         g.train(), d.train()
-        loss_d, loss_g = _run_epoch(g, d, opt_g, opt_d, images, labels, s, gens, dev)
+        loss_d, loss_g = _run_epoch(task, d, opt_d, images, labels, s, gens["shuffle"], dev)
         check_finite(epoch, discriminator=loss_d, generator=loss_g)
-        spread = check_collapse(epoch, _probe(g, s.collapse_samples, latent_seed, dev), s.collapse_tol)
+        spread = check_collapse(epoch, _probe(g, s.collapse_samples, probe_seed, dev), s.collapse_tol)
         g.eval()
         rule.consider(epoch, g)
         history.append({"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g, "sample_spread": spread,

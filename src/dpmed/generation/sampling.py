@@ -35,8 +35,10 @@ from dpmed.errors import ConfigError
 from dpmed.io.atomic import write_parquet
 from dpmed.io.cache import CacheWriter
 from dpmed.generation.gan import sample_latent
+from dpmed.privacy.guarantee import Guarantee, post_processing
 
-__all__ = ["to_uint8", "generate_patches", "synthetic_record_id", "synthetic_manifest", "write_synthetic_set"]
+__all__ = ["to_uint8", "generate_patches", "synthetic_record_id", "synthetic_manifest", "synthetic_guarantee",
+           "write_synthetic_set"]
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -92,10 +94,20 @@ def synthetic_manifest(record_ids: Sequence[str], labels: np.ndarray, label: str
     return df
 
 
+def synthetic_guarantee(generator_guarantee: Guarantee | dict) -> Guarantee:
+    """The guarantee of patches sampled from a generator: post-processing of the generator's.
+
+    A DP generator's (ε, δ) carries over unchanged; a generator trained without DP gives the
+    synthetic set no guarantee either (:func:`dpmed.privacy.guarantee.post_processing`).
+    """
+    g = generator_guarantee if isinstance(generator_guarantee, Guarantee) else Guarantee.from_dict(generator_guarantee)
+    return post_processing(g, released="synthetic patches sampled from the generator")
+
+
 def write_synthetic_set(generator, out_h5, out_manifest, *, n_per_class: int, seed: int, label: str,
                         dataset: str, split: str = "synthetic", like: pd.DataFrame | None = None,
-                        params: dict[str, Any] | None = None, batch_size: int = 64,
-                        device: str = "cpu") -> pd.DataFrame:
+                        params: dict[str, Any] | None = None, guarantee: Guarantee | dict | None = None,
+                        batch_size: int = 64, device: str = "cpu") -> pd.DataFrame:
     """Sample ``n_per_class`` patches per class and write the cache and its manifest.
 
     Parameters
@@ -107,6 +119,8 @@ def write_synthetic_set(generator, out_h5, out_manifest, *, n_per_class: int, se
     dataset, split: cache attributes.
     like: a real manifest whose columns the synthetic manifest takes on.
     params: extra provenance for the cache's ``params`` attribute (generator path, epoch, ...).
+    guarantee: the generator's guarantee; the set's (:func:`synthetic_guarantee`) is stored as
+        the cache attribute ``guarantee`` (JSON), so every reader of the set can see it.
 
     Returns the synthetic manifest.
     """
@@ -120,6 +134,8 @@ def write_synthetic_set(generator, out_h5, out_manifest, *, n_per_class: int, se
     attrs = {"dataset": dataset, "split": split, "kind": "mammography", "value_range": [0, 255],
              "params": {"synthetic": True, "n_per_class": int(n_per_class), "seed": int(seed),
                         "size": S, **(params or {})}}
+    if guarantee is not None:
+        attrs["guarantee"] = synthetic_guarantee(guarantee).to_dict()
     with CacheWriter(out_h5, len(images), (S, S), np.uint8, attrs) as writer:
         for i, (rid, img) in enumerate(zip(ids, images)):
             writer.write(i, rid, img)
