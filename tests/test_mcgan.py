@@ -404,3 +404,32 @@ def test_task_contract_for_the_engine():
     task.d_losses(d, (real * float("nan"), yr))
     assert task.take_epoch_losses()[0] is True
     task.load_state_dict(st)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("mode", ["bk", "hooks"])
+def test_engine_clips_each_real_fake_pair_as_one_unit(mode):
+    """With the private-training engine (issue 8; skipped until it is merged): the clipped sum
+    its privatiser accumulates for a batch of pair losses equals sum_i clip_C(grad ℓ_i) computed
+    pair by pair -- D is called twice per forward, and the two halves of a pair are one unit."""
+    engine = pytest.importorskip("dpmed.training.engine")
+    import copy
+
+    torch.manual_seed(0)
+    _, d = build_mcgan(MCGANSettings(image_size=32))
+    real, yr, fake, yf = _pair_batch()
+    t = torch.linspace(0.7, 1.2, 4)
+    params = list(d.parameters())
+    grads = [torch.autograd.grad(discriminator_pair_losses(d, real[i:i + 1], yr[i:i + 1], fake[i:i + 1],
+                                                           yf[i:i + 1], t[i:i + 1]).sum(), params)
+             for i in range(4)]
+    norms = torch.stack([torch.sqrt(sum(g.pow(2).sum() for g in gi)) for gi in grads])
+    c = 0.5 * norms.median().item()  # some pairs clipped, some not
+    want = [sum(min(1.0, c / (norms[i].item() + 1e-6)) * grads[i][k] for i in range(4)) for k in range(len(params))]
+    priv = engine.make_privatiser(copy.deepcopy(d), c, mode)
+    priv.reset()
+    priv.begin()
+    priv.clip_accumulate(discriminator_pair_losses(priv.model, real, yr, fake, yf, t))
+    torch.testing.assert_close(priv.per_sample_norms, norms, rtol=1e-5, atol=0)
+    for got, w in zip(priv.summed, want):  # per tensor, relative to its norm (float32 sums)
+        assert ((got - w).norm() / w.norm()).item() < 1e-5
