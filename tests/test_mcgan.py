@@ -215,6 +215,9 @@ def test_fixed_epoch_selection_keeps_that_epoch(tmp_path):
     g1, _ = load_generator(tmp_path / "generator.pt")
     last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["g"]
     assert any(not torch.equal(a, last[k]) for k, a in g1.state_dict().items())
+    # a checkpoint of other data is not resumed from (it would mix two datasets in one model)
+    other = train_mcgan_nonprivate(x.flip(0), y.flip(0), tmp_path, settings=dict(TINY, epochs=1), net=NET, seed=3)
+    assert other["resumed_from_epoch"] is None and not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_best_selection_uses_the_scorer():

@@ -106,6 +106,7 @@ def train_mcgan_nonprivate(
     scorer: Callable[[nn.Module], float] | None = None,
     score_data: str = "",
     device: str = "cpu",
+    checkpoint=None,
 ) -> dict[str, Any]:
     """Train MCGAN without DP on ``images`` / ``labels`` and write the selected generator.
 
@@ -119,6 +120,7 @@ def train_mcgan_nonprivate(
     scorer, score_data: for ``select: best``: ``scorer(G) -> float`` (lower is better) and a
         description of the **public or held-out** data it reads (see :class:`CheckpointRule`).
     device: torch device string.
+    checkpoint: path of the resume checkpoint (default ``out_dir/checkpoint.pt``).
 
     Returns
     -------
@@ -139,25 +141,16 @@ def train_mcgan_nonprivate(
     dev = torch.device(device)
     init_seed, shuffle_seed, task_seed, probe_seed = seeds_for(seed)
     torch.manual_seed(init_seed)
-    g, d = build_mcgan(ns)
-    g, d = g.to(dev), d.to(dev)
+    g, d = (m.to(dev) for m in build_mcgan(ns))
     opt_g = torch.optim.Adam(g.parameters(), lr=s.lr, betas=s.betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=s.lr, betas=s.betas)
     gens = {"shuffle": torch.Generator().manual_seed(shuffle_seed), "task": torch.Generator().manual_seed(task_seed)}
     task = MCGANTask(g, opt_g, s, gens["task"])
     rule = CheckpointRule(s.select, s.epochs, s.select_epoch, s.score_every, scorer, score_data)
+    state = {"g": g, "d": d, "opt_g": opt_g, "opt_d": opt_d}
     fp = _fingerprint(ns, s, seed, images, labels)
-    history, first = [], 1
-    ck_path = out / CHECKPOINT_FILE
-    if ck_path.exists():
-        ck = torch.load(ck_path, map_location=dev, weights_only=False)
-        if ck.get("fingerprint") == fp:
-            g.load_state_dict(ck["g"]), d.load_state_dict(ck["d"])
-            opt_g.load_state_dict(ck["opt_g"]), opt_d.load_state_dict(ck["opt_d"])
-            for k, gen in gens.items():
-                gen.set_state(ck["gens"][k])
-            rule.load_state(ck["rule"])
-            history, first = ck["history"], ck["epoch"] + 1
+    ck_path = Path(checkpoint) if checkpoint is not None else out / CHECKPOINT_FILE
+    history, first = _resume(ck_path, fp, state, gens, rule, dev)
     resumed_from = first - 1 if first > 1 else None
     for epoch in range(first, s.epochs + 1):
         g.train(), d.train()
@@ -168,12 +161,29 @@ def train_mcgan_nonprivate(
         rule.consider(epoch, g)
         history.append({"epoch": epoch, "loss_d": loss_d, "loss_g": loss_g, "sample_spread": spread,
                         "score": dict(rule.scores).get(epoch, float("nan"))})
-        _save(ck_path, {"fingerprint": fp, "epoch": epoch, "g": g.state_dict(), "d": d.state_dict(),
-                        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+        _save(ck_path, {"fingerprint": fp, "epoch": epoch, **{k: v.state_dict() for k, v in state.items()},
                         "gens": {k: v.get_state() for k, v in gens.items()}, "rule": rule.state(),
                         "history": history})
         _on_epoch_end(epoch, out)
-    return _finish(out, ns, s, rule, history, resumed_from, n_train=len(images))
+    return _finish(out, ck_path, ns, s, rule, history, resumed_from, n_train=len(images))
+
+
+def _resume(ck_path: Path, fp: str, state: dict, gens: dict, rule: CheckpointRule, dev) -> tuple[list, int]:
+    """Load a checkpoint written for the same settings and data; returns (history, first epoch).
+
+    A checkpoint of other settings or data (another fingerprint) is ignored: training restarts.
+    """
+    if not ck_path.exists():
+        return [], 1
+    ck = torch.load(ck_path, map_location=dev, weights_only=False)
+    if ck.get("fingerprint") != fp:
+        return [], 1
+    for k, obj in state.items():
+        obj.load_state_dict(ck[k])
+    for k, gen in gens.items():
+        gen.set_state(ck["gens"][k])
+    rule.load_state(ck["rule"])
+    return ck["history"], ck["epoch"] + 1
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor, ns: MCGANSettings) -> None:
@@ -201,7 +211,7 @@ def nonprivate_guarantee() -> Guarantee:
     )
 
 
-def _finish(out: Path, ns: MCGANSettings, s: GANTrainSettings, rule: CheckpointRule,
+def _finish(out: Path, ck_path: Path, ns: MCGANSettings, s: GANTrainSettings, rule: CheckpointRule,
             history: list, resumed_from, n_train: int) -> dict[str, Any]:
     guarantee = nonprivate_guarantee()
     _save(out / GENERATOR_FILE, {
@@ -211,7 +221,7 @@ def _finish(out: Path, ns: MCGANSettings, s: GANTrainSettings, rule: CheckpointR
     write_csv(pd.DataFrame(history, columns=["epoch", "loss_d", "loss_g", "sample_spread", "score"]),
               out / "history.csv")
     if not s.keep_checkpoint:
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        ck_path.unlink(missing_ok=True)
     return {"generator_path": str(out / GENERATOR_FILE), "selection": rule.describe(),
             "history": history, "resumed_from_epoch": resumed_from, "guarantee": guarantee}
 
