@@ -11,6 +11,7 @@ ID, as in CBIS-DDSM.
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,174 @@ def _dataset(stored, *, bits, photometric, meta, sop_class, uid_parts, bits_allo
     return ds
 
 
+@dataclass(frozen=True)
+class Site:
+    """How one imaging site acquires and stores mammograms (the demo's detector model).
+
+    The default is the CBIS-DDSM-like site. An external test site differs in detector
+    (``manufacturer``, ``bits``, ``photometric``), contrast (``gamma`` on the [0, 1] density
+    before quantisation: < 1 flattens the contrast of dense tissue and masses), noise
+    (``noise``: extra Gaussian read-out noise, standard deviation on the [0, 1] scale) and pixel
+    spacing (``pixel_spacing_mm``: written as PixelSpacing/ImagerPixelSpacing; lesions are drawn
+    ``reference_spacing_mm / pixel_spacing_mm`` times as large in pixels). The label meaning
+    (pathology) is the same everywhere.
+    """
+
+    manufacturer: str = "dpmed synthetic demo"
+    bits: tuple[int, int] = (12, 16)  # BitsStored: first with probability 1/2, else second
+    photometric: str = "MONOCHROME2"
+    gamma: float = 1.0
+    noise: float = 0.0
+    pixel_spacing_mm: float | None = None
+    reference_spacing_mm: float = 0.05
+    p_malignant: float = 0.42
+    institution: str | None = None  # None: a fake institution per patient
+
+    @property
+    def lesion_scale(self) -> float:
+        return 1.0 if self.pixel_spacing_mm is None else self.reference_spacing_mm / self.pixel_spacing_mm
+
+
+CBIS_SITE = Site()
+
+
+def _sample_mass(rng, p_malignant: float) -> dict:
+    malignant = rng.random() < p_malignant
+    large = rng.random() < 0.18
+    return dict(
+        malignant=malignant,
+        pathology="MALIGNANT" if malignant else ("BENIGN" if rng.random() < 0.7
+                                                  else "BENIGN_WITHOUT_CALLBACK"),
+        shape=_SHAPES[int(rng.choice(4, p=_P_SHAPE[malignant]))],
+        margin=_MARGINS[int(rng.choice(4, p=_P_MARGIN[malignant]))],
+        radius=rng.uniform(66, 100) if large else (rng.uniform(14, 50) if malignant
+                                                   else rng.uniform(8, 38)),
+        near_border=rng.random() < 0.2,
+        assessment=int(rng.choice([4, 5], p=[0.45, 0.55])) if malignant
+        else int(rng.choice([2, 3, 4], p=[0.3, 0.35, 0.35])),
+        subtlety=int(rng.integers(1, 6)),
+    )
+
+
+def sample_patient(rng, pid: str, age: int, site: Site = CBIS_SITE) -> dict:
+    """Breast density, side, views, masses and (fake) identity of one patient."""
+    # density falls with age
+    dprob = np.array([0.08, 0.38, 0.40, 0.14]) * np.exp(-0.04 * (age - 57) * np.arange(-1.5, 2.5))
+    density = int(rng.choice(4, p=dprob / dprob.sum())) + 1
+    side = "LEFT" if rng.random() < 0.5 else "RIGHT"
+    views = ["CC", "MLO"] if rng.random() < 0.85 else [("CC", "MLO")[int(rng.integers(2))]]
+    n_mass = 1 if rng.random() < 0.8 else 2
+    masses = [_sample_mass(rng, site.p_malignant) for _ in range(n_mass)]
+    name = _dicom.fake_name(rng, "F")
+    institution = _dicom.fake_institution(rng)
+    study_date = _dicom.REFERENCE_DATE + _dt.timedelta(days=int(rng.integers(0, 2500)))
+    birth = _dicom.birth_date_for(study_date, age, rng)
+    accession = f"{int(rng.integers(10**7, 10**8))}"
+    bits = site.bits[0] if rng.random() < 0.5 else site.bits[1]
+    return dict(pid=pid, age=age, density=density, side=side, views=views, masses=masses, name=name,
+                institution=site.institution or institution, study_date=study_date, birth=birth,
+                accession=accession, bits=bits)
+
+
+def _mass_centre(rng, breast, near_border: bool, H: int, W: int) -> tuple[float, float]:
+    for _ in range(200):  # centre inside the breast, optionally near the image border
+        if near_border:
+            r0 = rng.choice([rng.uniform(0.02, 0.12), rng.uniform(0.88, 0.98)]) * H
+            c0 = rng.uniform(0.02, 0.3) * W
+        else:
+            r0, c0 = rng.uniform(0.15, 0.85) * H, rng.uniform(0.1, 0.6) * W
+        if breast[int(r0), int(c0)]:
+            return r0, c0
+    cand = np.argwhere(breast)  # fall back to a random breast pixel
+    r0, c0 = (float(x) for x in cand[int(rng.integers(len(cand)))])
+    return r0, c0
+
+
+def render_view(rng, shape, patient: dict, view: str, site: Site = CBIS_SITE):
+    """The view's stored pixel values (site's detector applied) and one ROI mask per mass."""
+    H, W = shape
+    img, breast = render_breast((H, W), density=patient["density"], view=view, age=patient["age"], rng=rng)
+    rois = []
+    for ms in patient["masses"]:
+        r0, c0 = _mass_centre(rng, breast, ms["near_border"], H, W)
+        rois.append(draw_mass(img, centre=(r0, c0), radius=ms["radius"] * site.lesion_scale,
+                              shape_kind=ms["shape"], margin=ms["margin"], malignant=ms["malignant"],
+                              rng=rng, within=breast))
+    if site.gamma != 1.0:
+        img = np.clip(img, 0.0, 1.0) ** site.gamma
+    if site.noise > 0:
+        img = img + rng.normal(0.0, site.noise, img.shape).astype(np.float32)
+    if patient["side"] == "RIGHT":  # chest wall on the image right for right breasts
+        img = img[:, ::-1]
+        rois = [r[:, ::-1] for r in rois]
+    maxv = 2 ** patient["bits"] - 1
+    stored = np.round(np.clip(img, 0.0, 1.0) * maxv).astype(np.uint16)
+    if site.photometric == "MONOCHROME1":  # bright = less attenuation on this detector
+        stored = (maxv - stored).astype(np.uint16)
+    return stored, rois
+
+
+def _tag_view(ds, patient: dict, view: str, site: Site) -> None:
+    ds.ImageLaterality = patient["side"][0]
+    ds.ViewPosition = view
+    if site.pixel_spacing_mm is not None:
+        ds.PixelSpacing = ds.ImagerPixelSpacing = [f"{site.pixel_spacing_mm:g}"] * 2
+    if site.manufacturer != CBIS_SITE.manufacturer:
+        ds.Manufacturer = site.manufacturer
+
+
+def write_view(out: Path, base: str, stored, rois, patient: dict, view: str, meta: dict,
+               uid_parts: tuple, site: Site = CBIS_SITE) -> list[dict]:
+    """Write a view's image, ROI-mask and crop DICOMs; return one description row per mass."""
+    bits = patient["bits"]
+    ds = _dataset(stored, bits=bits, photometric=site.photometric, meta=meta,
+                  sop_class=_dicom.MG_STORAGE, uid_parts=(*uid_parts, "img"))
+    _tag_view(ds, patient, view, site)
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "0", "US"
+    img_rel = f"{base}/1-1.dcm"
+    _dicom.write_dicom(out / img_rel, ds)
+    rows = []
+    for m, (ms, roi) in enumerate(zip(patient["masses"], rois), start=1):
+        roi = np.ascontiguousarray(roi)
+        ri, ci = np.nonzero(roi)
+        r_lo, r_hi, c_lo, c_hi = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
+        mds = _dataset(roi.astype(np.uint8) * 255, bits=8, photometric="MONOCHROME2",
+                       meta=dict(meta, series_number=2 + m), sop_class=_dicom.SC_STORAGE,
+                       uid_parts=(*uid_parts, m, "roi"), bits_allocated=8)
+        _tag_view(mds, patient, view, site)
+        mds.ConversionType = "WSD"
+        cds = _dataset(stored[r_lo:r_hi, c_lo:c_hi], bits=bits, photometric=site.photometric,
+                       meta=dict(meta, series_number=2 + m), sop_class=_dicom.SC_STORAGE,
+                       uid_parts=(*uid_parts, m, "crop"), bits_allocated=16)
+        cds.InstanceNumber = 2
+        _tag_view(cds, patient, view, site)
+        cds.ConversionType = "WSD"
+        roi_rel, crop_rel = f"{base}_{m}/ROI-mask.dcm", f"{base}_{m}/cropped.dcm"
+        _dicom.write_dicom(out / roi_rel, mds)
+        _dicom.write_dicom(out / crop_rel, cds)
+        rows.append([patient["pid"], patient["density"], patient["side"], view, m, "mass", ms["shape"],
+                     ms["margin"], ms["assessment"], ms["pathology"], ms["subtlety"], img_rel, crop_rel,
+                     roi_rel])
+    return rows
+
+
+def write_patient(out: Path, rng, patient: dict, *, prefix: str, shape, seed: int, index: int,
+                  site: Site = CBIS_SITE, uid_prefix: tuple = ()) -> list[list]:
+    """Render and write every view of one patient; return the description rows (CBIS columns)."""
+    rows = []
+    for vi, view in enumerate(patient["views"]):
+        stored, rois = render_view(rng, shape, patient, view, site)
+        base = f"{prefix}_{patient['pid']}_{patient['side']}_{view}"
+        meta = dict(study_uid=_dicom.make_uid(*uid_prefix, "study", seed, index),
+                    series_uid=_dicom.make_uid(*uid_prefix, "series", seed, index, vi), modality="MG",
+                    patient_name=patient["name"], patient_id=patient["pid"], birth_date=patient["birth"],
+                    sex="F", age=patient["age"], study_date=patient["study_date"],
+                    accession=patient["accession"], institution=patient["institution"])
+        rows += write_view(out, base, stored, rois, patient, view, meta, (*uid_prefix, seed, index, vi), site)
+    return rows
+
+
 def generate_mammography_cohort(out_dir, *, n_patients: int, image_size=(512, 384), seed: int,
                                 test_fraction: float = 0.25) -> pd.DataFrame:
     """Write a synthetic CBIS-DDSM-like mass cohort to ``out_dir`` and return the description table.
@@ -146,6 +315,10 @@ def generate_mammography_cohort(out_dir, *, n_patients: int, image_size=(512, 38
         out_dir/{split}_{P}_{LEFT|RIGHT}_{CC|MLO}/1-1.dcm                full mammogram (MG)
         out_dir/{split}_{P}_{LEFT|RIGHT}_{CC|MLO}_{abn}/ROI-mask.dcm     0/255 mask, same size
         out_dir/{split}_{P}_{LEFT|RIGHT}_{CC|MLO}_{abn}/cropped.dcm      bounding-box crop
+
+    Every image carries PatientAge (and birth/study dates); the breast density (BI-RADS 1–4,
+    falling with age, and making masses harder to see) is in the CSVs' ``breast_density``
+    column, as in CBIS-DDSM, whose DICOMs do not carry it either.
 
     Returns both description tables concatenated (train rows first) with the CBIS columns.
     Patients are disjoint between the two sets; about ``test_fraction`` of them are in test.
@@ -164,100 +337,9 @@ def generate_mammography_cohort(out_dir, *, n_patients: int, image_size=(512, 38
 
     rows = {False: [], True: []}
     for p in range(n_patients):
-        pid = f"P_{p + 1:05d}"
-        split = "Mass-Test" if is_test[p] else "Mass-Training"
-        age = int(ages[p])
-        # density falls with age
-        dprob = np.array([0.08, 0.38, 0.40, 0.14]) * np.exp(-0.04 * (age - 57) * np.arange(-1.5, 2.5))
-        density = int(rng.choice(4, p=dprob / dprob.sum())) + 1
-        side = "LEFT" if rng.random() < 0.5 else "RIGHT"
-        views = ["CC", "MLO"] if rng.random() < 0.85 else [("CC", "MLO")[int(rng.integers(2))]]
-        n_mass = 1 if rng.random() < 0.8 else 2
-        masses = []
-        for m in range(n_mass):
-            malignant = rng.random() < 0.42
-            large = rng.random() < 0.18
-            masses.append(dict(
-                malignant=malignant,
-                pathology="MALIGNANT" if malignant else ("BENIGN" if rng.random() < 0.7
-                                                          else "BENIGN_WITHOUT_CALLBACK"),
-                shape=_SHAPES[int(rng.choice(4, p=_P_SHAPE[malignant]))],
-                margin=_MARGINS[int(rng.choice(4, p=_P_MARGIN[malignant]))],
-                radius=rng.uniform(66, 100) if large else (rng.uniform(14, 50) if malignant
-                                                           else rng.uniform(8, 38)),
-                near_border=rng.random() < 0.2,
-                assessment=int(rng.choice([4, 5], p=[0.45, 0.55])) if malignant
-                else int(rng.choice([2, 3, 4], p=[0.3, 0.35, 0.35])),
-                subtlety=int(rng.integers(1, 6)),
-            ))
-        sex, name = "F", _dicom.fake_name(rng, "F")
-        institution = _dicom.fake_institution(rng)
-        study_date = _dicom.REFERENCE_DATE + _dt.timedelta(days=int(rng.integers(0, 2500)))
-        birth = _dicom.birth_date_for(study_date, age, rng)
-        accession = f"{int(rng.integers(10**7, 10**8))}"
-        bits = 12 if rng.random() < 0.5 else 16
-        for vi, view in enumerate(views):
-            img, breast = render_breast((H, W), density=density, view=view, age=age, rng=rng)
-            rois = []
-            for m, ms in enumerate(masses):
-                R = ms["radius"]
-                for _ in range(200):  # centre inside the breast, optionally near the image border
-                    if ms["near_border"]:
-                        r0 = rng.choice([rng.uniform(0.02, 0.12), rng.uniform(0.88, 0.98)]) * H
-                        c0 = rng.uniform(0.02, 0.3) * W
-                    else:
-                        r0, c0 = rng.uniform(0.15, 0.85) * H, rng.uniform(0.1, 0.6) * W
-                    if breast[int(r0), int(c0)]:
-                        break
-                else:  # fall back to a random breast pixel
-                    cand = np.argwhere(breast)
-                    r0, c0 = (float(x) for x in cand[int(rng.integers(len(cand)))])
-                rois.append(draw_mass(img, centre=(r0, c0), radius=R, shape_kind=ms["shape"],
-                                      margin=ms["margin"], malignant=ms["malignant"], rng=rng,
-                                      within=breast))
-            if side == "RIGHT":  # chest wall on the image right for right breasts
-                img = img[:, ::-1]
-                rois = [r[:, ::-1] for r in rois]
-            maxv = 2**bits - 1
-            stored = np.round(np.clip(img, 0.0, 1.0) * maxv).astype(np.uint16)
-            base = f"{split}_{pid}_{side}_{view}"
-            meta = dict(study_uid=_dicom.make_uid("study", seed, p),
-                        series_uid=_dicom.make_uid("series", seed, p, vi), modality="MG",
-                        patient_name=name, patient_id=pid, birth_date=birth, sex=sex, age=age,
-                        study_date=study_date, accession=accession, institution=institution)
-            ds = _dataset(stored, bits=bits, photometric="MONOCHROME2", meta=meta,
-                              sop_class=_dicom.MG_STORAGE, uid_parts=(seed, p, vi, "img"))
-            ds.ImageLaterality = side[0]
-            ds.ViewPosition = view
-            ds.PresentationIntentType = "FOR PRESENTATION"
-            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "0", "US"
-            img_rel = f"{base}/1-1.dcm"
-            _dicom.write_dicom(out / img_rel, ds)
-            for m, (ms, roi) in enumerate(zip(masses, rois), start=1):
-                roi = np.ascontiguousarray(roi)
-                ri, ci = np.nonzero(roi)
-                r_lo, r_hi, c_lo, c_hi = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
-                mds = _dataset(roi.astype(np.uint8) * 255, bits=8, photometric="MONOCHROME2",
-                                   meta=dict(meta, series_number=2 + m), sop_class=_dicom.SC_STORAGE,
-                                   uid_parts=(seed, p, vi, m, "roi"), bits_allocated=8)
-                mds.ImageLaterality = side[0]
-                mds.ViewPosition = view
-                mds.ConversionType = "WSD"
-                cds = _dataset(stored[r_lo:r_hi, c_lo:c_hi], bits=bits,
-                                   photometric="MONOCHROME2", meta=dict(meta, series_number=2 + m),
-                                   sop_class=_dicom.SC_STORAGE, uid_parts=(seed, p, vi, m, "crop"),
-                                   bits_allocated=16)
-                cds.InstanceNumber = 2
-                cds.ImageLaterality = side[0]
-                cds.ViewPosition = view
-                cds.ConversionType = "WSD"
-                roi_rel = f"{base}_{m}/ROI-mask.dcm"
-                crop_rel = f"{base}_{m}/cropped.dcm"
-                _dicom.write_dicom(out / roi_rel, mds)
-                _dicom.write_dicom(out / crop_rel, cds)
-                rows[bool(is_test[p])].append([
-                    pid, density, side, view, m, "mass", ms["shape"], ms["margin"],
-                    ms["assessment"], ms["pathology"], ms["subtlety"], img_rel, crop_rel, roi_rel])
+        patient = sample_patient(rng, f"P_{p + 1:05d}", int(ages[p]))
+        prefix = "Mass-Test" if is_test[p] else "Mass-Training"
+        rows[bool(is_test[p])] += write_patient(out, rng, patient, prefix=prefix, shape=(H, W), seed=seed, index=p)
     train = pd.DataFrame(rows[False], columns=CBIS_COLUMNS)
     test = pd.DataFrame(rows[True], columns=CBIS_COLUMNS)
     train.to_csv(out / "mass_case_description_train_set.csv", index=False)
