@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,10 @@ def write_dx(path: Path, *, patient_id: str, sex: str = "M", age: int = 67, name
         birth_date=study.replace(year=study.year - age) - dt.timedelta(days=10), sex=sex, age=age,
         study_date=study, accession=f"ACC{patient_id}", institution="Test Hospital",
     )
-    set_mono_pixels(ds, np.arange(64, dtype=np.uint16).reshape(8, 8) * 16, bits_stored=12, photometric="MONOCHROME2")
+    # Pixels differ per file (ingestion refuses one image under two records).
+    rng = np.random.default_rng(zlib.crc32(str(Path(path).name + patient_id + str(study)).encode()))
+    stored = np.arange(64, dtype=np.uint16).reshape(8, 8) * 16 + rng.integers(0, 16, (8, 8), dtype=np.uint16)
+    set_mono_pixels(ds, stored, bits_stored=12, photometric="MONOCHROME2")
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     if not pixels:
         del ds.PixelData
