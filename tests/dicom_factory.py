@@ -27,3 +27,24 @@ def write_dx(path: Path, *, patient_id: str, sex: str = "M", age: int = 67, name
     if not pixels:
         del ds.PixelData
     write_dicom(path, ds)
+
+
+def write_pacs_dx(path: Path, *, patient_id: str, name: str, birth: dt.date, study: dt.date,
+                  study_uid: str, series_uid: str, sop_uid: str, accession: str, sex: str = "F",
+                  with_age: bool = False) -> None:
+    """A DX file as a PACS exports it: identifiers in the header, UIDs chosen by the caller.
+
+    Without ``with_age`` the header has no PatientAge, so the age comes from the two dates.
+    """
+    ds = base_dataset(
+        sop_class_uid=DX_STORAGE, sop_instance_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
+        modality="DX", patient_name=name, patient_id=patient_id, birth_date=birth, sex=sex, age=0,
+        study_date=study, accession=accession, institution="St. Elsewhere Hospital",
+    )
+    if not with_age:
+        del ds.PatientAge
+    rng = np.random.default_rng(zlib.crc32(sop_uid.encode()))
+    stored = rng.integers(0, 4096, (8, 8), dtype=np.uint16)
+    set_mono_pixels(ds, stored, bits_stored=12, photometric="MONOCHROME2")
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    write_dicom(path, ds)
