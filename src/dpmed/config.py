@@ -180,3 +180,28 @@ def config_slice(config: dict, *keys: str) -> Any:
     for key in keys:
         value = value[key]
     return copy.deepcopy(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dpmed.config my.yaml``: check a config file as the workflow will read it.
+
+    Snakemake reports a YAML syntax error in a ``--configfile`` without file or line; this
+    names both, then validates the keys. Prints one line; returns 0 when the config is valid.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dpmed.config CONFIG.yaml", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args[0])
+    except (ConfigError, OSError) as err:
+        print(f"{err}", file=sys.stderr)
+        return 1
+    print(f"{args[0]}: valid ({len(config['datasets'])} dataset(s): {', '.join(config['datasets'])})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
