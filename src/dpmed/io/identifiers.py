@@ -163,32 +163,42 @@ class Redactor:
     ``replacements`` maps identifier → replacement (e.g. an original patient ID → its pseudonym);
     identifiers given only as a list become ``<redacted>``. Longest first, so an ID that contains
     another is replaced whole. Text is compared after Unicode folding (NFC/NFD, accents).
+
+    Cost: one pass over the text's letters and digits per call, whatever the number of known
+    identifiers (they are indexed by their first three characters), so a cohort of thousands of
+    patients does not need one huge regular expression.
     """
 
     def __init__(self, replacements: dict[str, str] | None = None, identifiers: Iterable[str] = ()):
-        table: dict[str, str] = {}
-        for ident in identifiers:
+        self._lookup: dict[str, str] = {}
+        self._spelling: dict[str, str] = {}
+        for ident, repl in [*((i, "<redacted>") for i in identifiers), *(replacements or {}).items()]:
             for spelling in spellings(ident):
-                table.setdefault(_canonical(spelling), "<redacted>")
-        for ident, repl in (replacements or {}).items():
-            for spelling in spellings(ident):
-                table[_canonical(spelling)] = repl
-        self._lookup = table
-        patterns: dict[str, str] = {}
-        for ident in [*identifiers, *(replacements or {})]:
-            for spelling in spellings(ident):
-                patterns.setdefault(_canonical(spelling), _pattern(spelling))
-        if patterns:
-            ordered = sorted(patterns, key=len, reverse=True)
-            self._regex = re.compile("|".join(patterns[c] for c in ordered), re.IGNORECASE)
-        else:
-            self._regex = None
+                canon = _canonical(spelling)
+                if repl != "<redacted>" or canon not in self._lookup:
+                    self._lookup[canon] = repl
+                self._spelling.setdefault(canon, spelling)
+        self._by_prefix: dict[str, list[str]] = {}
+        for canon in self._lookup:
+            self._by_prefix.setdefault(canon[:MIN_IDENTIFIER_LENGTH], []).append(canon)
+
+    def _candidates(self, skeleton: str) -> set[str]:
+        """Known identifiers whose core occurs in the text's core (boundaries not yet checked)."""
+        hits = set()
+        for i in range(len(skeleton) - MIN_IDENTIFIER_LENGTH + 1):
+            for canon in self._by_prefix.get(skeleton[i : i + MIN_IDENTIFIER_LENGTH], ()):
+                if skeleton.startswith(canon, i):
+                    hits.add(canon)
+        return hits
 
     def __call__(self, text: str) -> str:
         text = _fold(str(text))
-        if self._regex is None:
+        hits = self._candidates(_canonical(text))
+        if not hits:
             return text
-        return self._regex.sub(lambda m: self._lookup.get(_canonical(m.group(0)), "<redacted>"), text)
+        ordered = sorted(hits, key=len, reverse=True)
+        regex = re.compile("|".join(_pattern(self._spelling[c]) for c in ordered), re.IGNORECASE)
+        return regex.sub(lambda m: self._lookup.get(_canonical(m.group(0)), "<redacted>"), text)
 
     def __len__(self) -> int:
         return len(self._lookup)
