@@ -387,3 +387,18 @@ def test_ages_are_whole_years(tmp_path):
     by_line = dict(zip(m["source_path"], m["age"]))
     assert [by_line[f"labels.csv line {i}"] for i in range(2, 12)] == [0, 67, 80, 0, 41, 52, 0, 99, 30, 61]
     assert all(math.isfinite(a) and a == int(a) for a in m["age"])
+
+
+def test_private_dir_is_the_owners_only(tmp_path):
+    from dpmed.io.identifiers import load_or_create_key, restrict_private
+
+    private = tmp_path / "private"
+    load_or_create_key(private / "pseudonym.key")
+    (private / "cxr").mkdir(mode=0o755)
+    (private / "cxr" / "sources.parquet").write_text("x")
+    os.chmod(private / "cxr" / "sources.parquet", 0o644)
+    os.chmod(private / "pseudonym.key", 0o444)  # as Snakemake's protected() leaves it
+    restrict_private(private)
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in [private, *private.rglob("*")]}
+    assert modes == {"private": "0o700", "private/cxr": "0o700", "private/cxr/sources.parquet": "0o600",
+                     "private/pseudonym.key": "0o400"}

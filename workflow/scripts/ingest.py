@@ -28,6 +28,7 @@ with _log.reported(log):
             write_csv(err.rejected, sm.log.rejected)
             log.error("%d rejected record(s) listed in %s", len(err.rejected), sm.log.rejected)
         raise
+    restrict_private(sm.params.private_dir)  # before writing: the folder Snakemake made is 0755
     write_parquet(result.sources, sm.output.sources)
     restrict_private(sm.params.private_dir)
     write_csv(result.rejected, sm.output.rejected)
