@@ -62,3 +62,15 @@ def test_failed_job_reason_on_console_and_rejected_list_kept(tmp_path):
     assert rejected["record"].tolist() == [f"labels.csv line {i}" for i in range(2, 6)]
     assert rejected["reason"].str.contains("grade outside its range").all()
     assert "HOSP" not in (tmp_path / "logs/mine/ingest.log").read_text() + rejected.to_csv()
+
+
+def test_yaml_syntax_error_in_the_default_config_names_file_and_line(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("datasets:\n  cxr:\n    kind: [radiograph\n    labels: x\n")
+    from workflow_helpers import SNAKEMAKE
+
+    import subprocess
+
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "config/config.yaml line 4, column 11: YAML syntax error" in proc.stdout + proc.stderr
