@@ -22,7 +22,7 @@ from pydicom.data import get_testdata_file
 
 from dicom_factory import write_dx, write_pacs_dx
 from dpmed.config import validate_config
-from dpmed.errors import BadRecordError, ConfigError, DataError
+from dpmed.errors import BadRecordError, DataError
 from dpmed.io.identifiers import Redactor, pseudonym
 from dpmed.io.ingest import ingest_dataset
 
