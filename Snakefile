@@ -3,12 +3,25 @@
 # each epsilon (+ public pretraining, embeddings) -> bootstrapped subgroup evaluation -> summary.
 # Run:  snakemake --cores all            (default config: built-in demo cohorts)
 #       snakemake --configfile config/tiny.yaml --cores 2
+#       snakemake --configfile my.yaml --cores all   (my.yaml names its own datasets: only those run)
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config is the demo. A config of one's own that names `datasets` stands alone
+# (keys it leaves out take the schema's defaults): Snakemake would otherwise merge the demo's
+# datasets into it and run the whole demo along with the user's data.
+if "datasets" not in config:
+    from dpmed.config import read_yaml
+
+    if os.path.exists("config/config.yaml"):
+        read_yaml("config/config.yaml")  # a YAML syntax error named by file and line (Snakemake's is not)
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

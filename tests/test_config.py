@@ -61,3 +61,37 @@ def test_defaults_filled():
 def test_bad_configs_name_the_key(cfg, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    path = tmp_path / "my.yaml"
+    path.write_text("datasets:\n  cxr:\n    kind: radiograph\n    labels: [a, b\n    table: t.csv\n")
+    with pytest.raises(ConfigError, match=rf"{path} line 5, column \d+: YAML syntax error"):
+        load_config(path)
+    from dpmed.config import main
+
+    assert main([str(path)]) == 1
+    assert f"{path} line 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "classifier, message",
+    [
+        ({"dp": {"delta": 0.5}}, "dp.delta: 0.5 is greater than or equal to the maximum of 0.1 .*far below 1/N"),
+        ({"dp": {"delta": 0.0}}, "dp.delta: 0.0 is less than or equal to the minimum of 0"),
+        ({"epsilons": []}, "epsilons: \\[\\] should be non-empty .*non-private reference"),
+        ({"epsilons": [float("inf")]}, "epsilons.0: inf is greater than the maximum .*finite budgets only"),
+        ({"epsilons": [1.0, float("nan")]}, "epsilons.1: NaN is not a valid value"),
+        ({"epsilons": [0.0]}, "epsilons.0: 0.0 is less than or equal to the minimum of 0"),
+    ],
+)
+def test_privacy_settings_limits(classifier, message):
+    with pytest.raises(ConfigError, match=f"config key datasets.cxr.classifier.{message}"):
+        validate_config(_minimal(classifier=classifier))
+    assert validate_config(_minimal(classifier={"epsilons": [0.5, 8], "dp": {"delta": 1e-5}}))
+
+
+def test_split_min_patients_default_and_bounds():
+    assert validate_config(_minimal())["datasets"]["cxr"]["split"]["min_patients"] == 1
+    with pytest.raises(ConfigError, match="split.min_patients"):
+        validate_config(_minimal(split={"min_patients": -1}))

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from dpmed.config import validate_config
 from dicom_factory import write_dx
-from dpmed.errors import BadRecordError, ConfigError
+from dpmed.errors import BadRecordError, ConfigError, DataError
 from dpmed.io.identifiers import Redactor, pseudonym
 from dpmed.io.ingest import assign_splits, ingest_dataset, parse_age, parse_sex
 
@@ -64,7 +64,8 @@ def test_manifest_contract(cxr_folder):
     assert set(m["patient_id"]) == {pseudonym(KEY, f"HOSP{p:04d}", "P") for p in range(8)}
     text = m.to_csv()
     assert "HOSP" not in text and "Person" not in text and "2020" not in text
-    assert all(s.startswith("images/P-") for s in m["source_path"]), m["source_path"].tolist()
+    # source_path locates the record by table line; the real path stays in the private index.
+    assert sorted(m["source_path"]) == sorted(f"labels.csv line {i}" for i in range(2, 18))
     # Age from "025Y"-style header strings, groups from the paper's bins.
     assert sorted(m["age"].unique()) == [25 + 8 * p for p in range(8)]
     assert set(m.loc[m["age"] == 25, "age_group"]) == {"[0,30)"}
@@ -164,11 +165,10 @@ def test_bad_record_stops_with_file_record_reason(cxr_folder, kind):
         ingest_dataset("cxr", dataset_cfg(cxr_folder / "labels.csv"), key=KEY)
     err = info.value
     assert err.record == "labels.csv line 2"
-    assert err.source.endswith("study0.dcm") and err.reason
+    assert err.source in ("image file", "table or header") and err.reason
     assert reason in err.reason
-    # The message is redacted: the folder's patient ID became its pseudonym.
-    assert "HOSP0000" not in str(err)
-    assert pseudonym(KEY, "HOSP0000", "P") in err.source or kind == "missing file"
+    # Built from the table line and dpmed's own words: no path, no ID, no header value.
+    assert "HOSP0000" not in str(err) and "study0" not in str(err) and "forty" not in str(err)
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
@@ -208,6 +208,10 @@ def test_given_split_honoured_and_patient_in_two_splits(cxr_folder):
     table.to_csv(cxr_folder / "labels.csv", index=False)
     with pytest.raises(BadRecordError, match="appears in splits test, train"):
         ingest_dataset("cxr", cfg, key=KEY)
+    # Skipping HOSP0000 (the only train patient) leaves the train split empty: an error, not an empty split.
+    with pytest.raises(DataError, match="split train gets 0 patient"):
+        ingest_dataset("cxr", cfg, key=KEY, on_bad_record="skip")
+    cfg["split"]["min_patients"] = 0
     skipped = ingest_dataset("cxr", cfg, key=KEY, on_bad_record="skip")
     assert skipped.rejected["record"].tolist() == ["labels.csv line 2", "labels.csv line 3"]
     assert len(skipped.manifest) == 14
@@ -225,8 +229,10 @@ def test_missing_label_column_is_a_config_error(cxr_folder):
 
 def _ct_folder(tmp_path: Path, bad: str | None = None) -> dict:
     rows = []
+    rng = np.random.default_rng(5)
     for p in range(8):
-        vol = np.full((6, 6, 4), 40.0, dtype=np.float32)
+        vol = np.full((6, 6, 4), -1000.0, dtype=np.float32)  # air around a body of soft tissue
+        vol[1:5, 1:5] = 40.0 + rng.normal(0, 10, (4, 4, 4))
         if bad == "nan" and p == 3:
             vol[1, 2, 3] = np.nan
             vol[0, 0, 0] = np.inf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
 
 import nibabel as nib
@@ -17,7 +18,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, ExplicitVRLittleEndian, generate_uid
 
 from dpmed.errors import BadRecordError
-from dpmed.io.dicom import read_dicom_image, read_dicom_series
+from dpmed.io.dicom import read_dicom_image, read_dicom_series, series_files
 from dpmed.io.nifti import read_nifti_volume
 from dpmed.io.volume import Volume
 from dpmed.preprocessing import window_hu
@@ -157,6 +158,55 @@ def test_error_messages_carry_no_identifiers(tmp_path):
         assert ident not in text
 
 
+@pytest.mark.parametrize("keep", [600, 0.5])
+def test_truncated_file_is_called_truncated(tmp_path, keep):
+    """Cut in the header (before the pixel data) or inside the pixel data: never "not an image"."""
+    raw = open(_testfile("CT_small.dcm"), "rb").read()
+    p = tmp_path / "cut.dcm"
+    p.write_bytes(raw[: keep if isinstance(keep, int) else int(len(raw) * keep)])
+    with pytest.raises(BadRecordError, match="truncated") as err:
+        read_dicom_image(p)
+    assert "structured report" not in err.value.reason
+    if not isinstance(keep, int):
+        assert re.search(r"pixel data is truncated \(\d+ of 32768 bytes\)", err.value.reason)
+
+
+def test_undecodable_jpeg_extended_names_other_decoders():
+    """pydicom's JPEG-lossy.dcm (12-bit JPEG Extended) defeats Pillow and pylibjpeg; GDCM reads it."""
+    with pytest.raises(BadRecordError) as err:
+        read_dicom_image(_testfile("JPEG-lossy.dcm"))
+    reason = err.value.reason
+    assert "JPEG Extended" in reason and "tried:" in reason
+    assert "pylibjpeg-libjpeg" in reason and "python-gdcm" in reason
+
+
+def test_malformed_integer_attribute_is_named(tmp_path):
+    ds = pydicom.dcmread(_testfile("CT_small.dcm"))
+    ds.add_new(0x00280008, "IS", None)
+    ds[0x00280008]._value = "abc"  # NumberOfFrames that is no number (as some exports write it)
+    p = tmp_path / "nf.dcm"
+    ds.save_as(p)
+    with pytest.raises(BadRecordError, match="the header attribute NumberOfFrames is not an integer"):
+        read_dicom_image(p)
+
+
+def test_unrecognised_photometric_value_is_not_quoted(tmp_path):
+    ds = pydicom.dcmread(_testfile("CT_small.dcm"))
+    ds.PhotometricInterpretation = "DOE^JANE"
+    p = tmp_path / "odd.dcm"
+    ds.save_as(p)
+    with pytest.raises(BadRecordError, match="missing or unrecognised") as err:
+        read_dicom_image(p)
+    assert "DOE" not in str(err.value)
+
+
+def test_series_files_skip_index_and_desktop_files(tmp_path):
+    for name in ("b.dcm", "a.dcm", "DICOMDIR", "Thumbs.db", ".DS_Store", "._a.dcm", "desktop.ini", "IM0001"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    assert [p.name for p in series_files(tmp_path)] == ["IM0001", "a.dcm", "b.dcm"]
+
+
 # --------------------------------------------------------------------------- DICOM series
 
 ROWS, COLS = 6, 5
@@ -251,8 +301,9 @@ def test_series_duplicate_and_missing_slices_refused(tmp_path):
     with pytest.raises(BadRecordError, match="same position"):
         read_dicom_series(paths + [paths[0]])
     by_z = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
-    with pytest.raises(BadRecordError, match="unevenly spaced"):
+    with pytest.raises(BadRecordError, match="unevenly spaced") as err:
         read_dicom_series(by_z[:2] + by_z[3:])
+    assert err.value.source == str(tmp_path)  # a series-wide problem names the series folder
 
 
 # --------------------------------------------------------------------------- NIfTI

@@ -51,7 +51,25 @@ def _describe(error: jsonschema.ValidationError) -> str:
         keys = ", ".join(f"{where}.{k}" if best.absolute_path else k for k in extra)
         hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
         return f"unknown config key {keys}{hint}"
-    return f"config key {where}: {best.message}"
+    hint = _hint(best)
+    return f"config key {where}: {best.message}" + (f" ({hint.strip()})" if hint else "")
+
+
+def _hint(error: jsonschema.ValidationError) -> str:
+    """The ``x-hint`` a schema gives for the key (or array item) that failed."""
+    return error.schema.get("x-hint", "") if isinstance(error.schema, dict) else ""
+
+
+def _check_no_nan(value: Any, path: tuple = ()) -> None:
+    """JSON schema compares NaN with nothing, so a ``.nan`` would pass every bound: refuse it here."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"config key {_dotted(path)}: NaN is not a valid value")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_no_nan(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_no_nan(v, (*path, i))
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -65,6 +83,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     Raises :class:`ConfigError` naming the first offending key.
     """
     schema = load_schema() if schema is None else schema
+    _check_no_nan(config)
     validator = _DefaultFillingValidator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -137,10 +156,22 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"config key {where}: give either pretrained: <dataset> or module + weights")
 
 
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file; a syntax error names the file, line and column."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
 def load_config(path: str | Path) -> dict:
-    with open(path) as fh:
-        config = yaml.safe_load(fh) or {}
-    return validate_config(config)
+    return validate_config(read_yaml(path))
 
 
 def config_slice(config: dict, *keys: str) -> Any:
@@ -149,3 +180,28 @@ def config_slice(config: dict, *keys: str) -> Any:
     for key in keys:
         value = value[key]
     return copy.deepcopy(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dpmed.config my.yaml``: check a config file as the workflow will read it.
+
+    Snakemake reports a YAML syntax error in a ``--configfile`` without file or line; this
+    names both, then validates the keys. Prints one line; returns 0 when the config is valid.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dpmed.config CONFIG.yaml", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args[0])
+    except (ConfigError, OSError) as err:
+        print(f"{err}", file=sys.stderr)
+        return 1
+    print(f"{args[0]}: valid ({len(config['datasets'])} dataset(s): {', '.join(config['datasets'])})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,7 +16,25 @@ class ConfigError(DpmedError):
     """The configuration is invalid or inconsistent."""
 
 
-class BadRecordError(DpmedError):
+class DataError(DpmedError):
+    """The input data as a whole cannot be used (an empty or undecodable table, every record
+    rejected, a split too small for its cohort).
+
+    Attributes
+    ----------
+    rejected: optional table of the records rejected so far (columns ``source, record, reason``),
+        so a caller can still write it out when the run stops.
+    """
+
+    def __init__(self, message: str, rejected=None):
+        super().__init__(message)
+        self.rejected = rejected
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.rejected))
+
+
+class BadRecordError(DataError):
     """One input record cannot be used.
 
     Attributes
@@ -32,6 +50,7 @@ class BadRecordError(DpmedError):
         self.record = str(record)
         self.reason = str(reason)
         super().__init__(f"{self.source}: {self.record}: {self.reason}")
+        self.rejected = None
 
     def __reduce__(self):
         # Default exception pickling replays only the message; keep the three fields so the

@@ -23,6 +23,7 @@ rule ingest:
     params:
         dataset=lambda w: ingest_slice(w.dataset),
         on_bad_record=config["on_bad_record"],
+        private_dir=PRIVATE,
     threads: config["workers"]
     resources:
         mem_mb=4000,
@@ -30,7 +31,10 @@ rule ingest:
     conda:
         "../envs/dpmed.yaml"
     log:
-        "logs/{dataset}/ingest.log",
+        main="logs/{dataset}/ingest.log",
+        # written only when ingestion stops on its data (e.g. every record rejected): Snakemake
+        # deletes a failed job's outputs, results/{dataset}/rejected.csv included
+        rejected="logs/{dataset}/rejected.csv",
     benchmark:
         "logs/{dataset}/ingest.benchmark.tsv"
     script:

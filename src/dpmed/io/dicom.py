@@ -20,10 +20,18 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 from dpmed.errors import BadRecordError
 from dpmed.io.volume import Volume, canonical_volume
 
-__all__ = ["DicomImage", "read_dicom_image", "read_dicom_series", "decoder_install_hint"]
+__all__ = ["DicomImage", "read_dicom_image", "read_dicom_series", "series_files", "decoder_install_hint"]
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _GREY = ("MONOCHROME1", "MONOCHROME2")
+# Defined terms of PhotometricInterpretation; only these are ever quoted in a reason.
+_PHOTOMETRIC_TERMS = _GREY + ("RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420",
+                              "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT", "HSV", "ARGB", "CMYK", "XYZ")
+# Files that export tools and desktops leave in series folders; they are not slices.
+_NOT_SLICES = {"dicomdir", "thumbs.db", ".ds_store", "desktop.ini", "lockfile", "version"}
+# Transfer syntaxes some installed plugins cannot decode in every variant (12-bit JPEG Extended
+# is beyond Pillow; damaged JPEG streams that GDCM still reads) -> what else to try.
+_OTHER_DECODERS = "pip install pylibjpeg pylibjpeg-libjpeg, or GDCM: pip install python-gdcm"
 
 # Transfer syntax UID → the pip package(s) that provide a pydicom decoder for it.
 _DECODER_PACKAGES: dict[str, str] = {
@@ -78,6 +86,35 @@ def decoder_install_hint(transfer_syntax_uid: str) -> str:
     return _DECODER_PACKAGES.get(str(transfer_syntax_uid), "")
 
 
+def series_files(folder: str | os.PathLike) -> list[Path]:
+    """The slice files of a series folder, in name order.
+
+    Skipped: sub-folders, hidden files (``.DS_Store``, macOS ``._*`` forks) and the index and
+    thumbnail files exports leave behind (``DICOMDIR``, ``Thumbs.db``, ``desktop.ini``).
+    """
+    return sorted(
+        p for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in _NOT_SLICES
+    )
+
+
+def _int_attribute(ds: pydicom.Dataset, keyword: str, default: int, source: str) -> int:
+    """An integer header attribute; a malformed value is refused naming the attribute."""
+    value = ds.get(keyword, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise BadRecordError(source, "", f"the header attribute {keyword} is not an integer") from None
+
+
+def _shown_photometric(photometric: str) -> str:
+    return repr(photometric) if photometric in _PHOTOMETRIC_TERMS else "missing or unrecognised"
+
+
+def _shown_syntax(tsuid: pydicom.uid.UID) -> str:
+    return f"{tsuid.name!r} ({tsuid})" if tsuid.is_transfer_syntax else "an unrecognised transfer syntax"
+
+
 def _read_dataset(path: str | os.PathLike) -> pydicom.Dataset:
     """dcmread with our error contract (missing / not DICOM / unreadable)."""
     source = str(path)
@@ -110,36 +147,66 @@ def _transfer_syntax(ds: pydicom.Dataset, source: str) -> pydicom.uid.UID:
     return pydicom.uid.UID(str(tsuid))
 
 
+def _no_pixel_data_reason(ds: pydicom.Dataset) -> str:
+    from dpmed.io.checks import shown_modality
+
+    sop_name = pydicom.uid.UID(str(ds.get("SOPClassUID", "") or "")).name
+    if "Rows" in ds or "BitsAllocated" in ds or "Image Storage" in sop_name:
+        # An image object whose pixel data never arrives: the file ends early.
+        return (
+            "the file ends before its pixel data: the header describes an image but no pixel data "
+            "follows, so the file is truncated (an incomplete download or copy); export it again"
+        )
+    return (
+        f"DICOM object has no pixel data (modality {shown_modality(ds.get('Modality', ''))}, e.g. a "
+        "structured report or RT plan); it is not an image and cannot be used here"
+    )
+
+
+def _check_pixel_length(ds: pydicom.Dataset, source: str, n_frames: int, samples: int) -> None:
+    """Uncompressed pixel data shorter than its header promises means a truncated file."""
+    rows = _int_attribute(ds, "Rows", 0, source)
+    cols = _int_attribute(ds, "Columns", 0, source)
+    bits = _int_attribute(ds, "BitsAllocated", 0, source)
+    if "PixelData" not in ds or not (rows and cols and bits):
+        return
+    expected = (rows * cols * n_frames * samples * bits + 7) // 8
+    got = len(ds.PixelData)
+    if got < expected:
+        raise BadRecordError(
+            source, "", f"pixel data is truncated ({got} of {expected} bytes); the file is incomplete "
+            "(an interrupted download or copy), export it again"
+        )
+
+
 def _decoded_frame(ds: pydicom.Dataset, source: str) -> tuple[np.ndarray, pydicom.uid.UID]:
     """Checks shared by single images and series slices, then the stored 2-D frame."""
     if not any(k in ds for k in _PIXEL_KEYWORDS):
-        kind = str(ds.get("Modality", "") or "unknown modality")
-        raise BadRecordError(
-            source, "", f"DICOM object has no pixel data (modality {kind!r}, e.g. a structured "
-            "report or RT plan); it is not an image and cannot be used here"
-        )
+        raise BadRecordError(source, "", _no_pixel_data_reason(ds))
     tsuid = _transfer_syntax(ds, source)
 
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _int_attribute(ds, "NumberOfFrames", 1, source) or 1
     if n_frames != 1:
         raise BadRecordError(
             source, "", f"multi-frame DICOM with {n_frames} frames; only single-frame images are "
             "supported (split the frames into separate files first)"
         )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _int_attribute(ds, "SamplesPerPixel", 1, source) or 1
     if samples != 1 or photometric not in _GREY:
         raise BadRecordError(
-            source, "", f"colour or non-grey image (PhotometricInterpretation {photometric or 'missing'!r}, "
+            source, "", f"colour or non-grey image (PhotometricInterpretation {_shown_photometric(photometric)}, "
             f"{samples} sample(s) per pixel); a grey-scale MONOCHROME1/MONOCHROME2 image is required"
         )
+    if not tsuid.is_compressed:
+        _check_pixel_length(ds, source, n_frames, samples)
 
     if tsuid.is_compressed:
         try:
             decoder = get_decoder(tsuid)
         except NotImplementedError as exc:
             raise BadRecordError(
-                source, "", f"pixel data uses the transfer syntax {tsuid.name!r} ({tsuid}), "
+                source, "", f"pixel data uses the transfer syntax {_shown_syntax(tsuid)}, "
                 "which pydicom cannot decode; convert the file to an uncompressed transfer syntax"
             ) from exc
         if not decoder.is_available:
@@ -151,14 +218,13 @@ def _decoded_frame(ds: pydicom.Dataset, source: str) -> tuple[np.ndarray, pydico
     except RuntimeError as exc:
         if "missing dependencies" in str(exc):  # pydicom: "... all plugins are missing dependencies"
             raise BadRecordError(source, "", _missing_decoder_reason(tsuid, [])) from exc
-        raise BadRecordError(
-            source, "", f"compressed pixel data could not be decoded by any installed plugin "
-            f"(transfer syntax {tsuid.name!r}); the file may be corrupted"
-        ) from exc
+        raise BadRecordError(source, "", _undecodable_reason(tsuid)) from exc
     except Exception as exc:
+        if tsuid.is_compressed:
+            raise BadRecordError(source, "", _undecodable_reason(tsuid)) from exc
         raise BadRecordError(
             source, "", f"pixel data could not be decoded ({type(exc).__name__}, transfer syntax "
-            f"{tsuid.name!r}); the file may be truncated or its image header inconsistent"
+            f"{_shown_syntax(tsuid)}); the file may be truncated or its image header inconsistent"
         ) from exc
     arr = np.asarray(arr)
     if arr.ndim != 2:
@@ -168,10 +234,27 @@ def _decoded_frame(ds: pydicom.Dataset, source: str) -> tuple[np.ndarray, pydico
     return arr, tsuid
 
 
+def _undecodable_reason(tsuid: pydicom.uid.UID) -> str:
+    """Compressed data the installed plugins failed on: name the plugins that decode more."""
+    try:
+        tried = ", ".join(get_decoder(tsuid).available_plugins) or "none"
+    except NotImplementedError:
+        tried = "none"
+    reason = (
+        f"compressed pixel data could not be decoded by any installed plugin (tried: {tried}; "
+        f"transfer syntax {_shown_syntax(tsuid)})"
+    )
+    if tsuid.name.startswith("JPEG") and not tsuid.name.startswith("JPEG 2000"):
+        return reason + f"; some JPEG variants (e.g. 12-bit JPEG Extended) need another decoder: {_OTHER_DECODERS}"
+    hint = decoder_install_hint(tsuid)
+    more = f"pip install {hint}, or GDCM: pip install python-gdcm" if hint else "GDCM: pip install python-gdcm"
+    return reason + f"; the file may be corrupted, or another decoder reads it: {more}"
+
+
 def _missing_decoder_reason(tsuid: pydicom.uid.UID, missing: list[str]) -> str:
     hint = decoder_install_hint(tsuid)
     reason = (
-        f"pixel data is compressed with {tsuid.name!r} ({tsuid}) and no decoder plugin for it is "
+        f"pixel data is compressed with {_shown_syntax(tsuid)} and no decoder plugin for it is "
         "installed"
     )
     if hint:
@@ -227,13 +310,13 @@ def read_dicom_image(path: str | os.PathLike) -> DicomImage:
     ds = _read_dataset(path)
     arr, tsuid = _decoded_frame(ds, source)
     pixels = _modality_lut(arr, ds, source)
-    bits = ds.get("BitsStored")
+    bits = _int_attribute(ds, "BitsStored", 0, source)
     return DicomImage(
         pixels=pixels,
         photometric=str(ds.PhotometricInterpretation).strip().upper(),
         modality=str(ds.get("Modality", "") or ""),
         pixel_spacing=_spacing(ds),
-        bits_stored=int(bits) if bits is not None else int(arr.dtype.itemsize * 8),
+        bits_stored=bits or int(arr.dtype.itemsize * 8),
         transfer_syntax=str(tsuid.name),
     )
 
@@ -269,7 +352,9 @@ def read_dicom_series(paths: Sequence[str | os.PathLike]) -> Volume:
     paths = list(paths)
     if not paths:
         raise BadRecordError("", "", "empty DICOM series: no slice files were given")
-    series_source = str(paths[0])
+    folders = {str(Path(p).parent) for p in paths}
+    # Series-wide problems name the series folder (each slice's own problem names the slice).
+    series_source = folders.pop() if len(folders) == 1 else str(paths[0])
 
     slices = []
     for path in paths:

@@ -10,18 +10,23 @@ Adapters turn a data source into :class:`SourceRecord` s:
 * ``cbis_ddsm``      CBIS-DDSM mass description CSVs + their image and ROI-mask DICOMs.
 
 Every record is then opened and decoded once (in parallel) so the manifest only lists records
-that preprocessing can use. Bad records either stop the run with one message naming file, record
-and reason, or — with ``on_bad_record: skip`` — are left out and listed in ``rejected.csv``.
+that preprocessing can use: the right modality, a real (non-constant) image, plausible Hounsfield
+units for CT, no second copy of a file or of an image's pixels under another record. Bad records
+either stop the run with one message naming table line, file and reason, or — with
+``on_bad_record: skip`` — are left out and listed in ``rejected.csv``.
 
-The manifest holds pseudonyms only; real file paths go to a private index outside results/.
+What this module returns for ``results/`` is built structurally, not by filtering: record and
+patient pseudonyms, the table name and line (``source_path``), whole-year ages, whitelisted
+values and reasons written by dpmed that quote no input value. Real file paths go to the private
+index (``sources``) only; the :class:`~dpmed.io.identifiers.Redactor` is a second line of defence.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import datetime as dt
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,30 +34,23 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from dpmed.errors import BadRecordError, ConfigError
-from dpmed.io.identifiers import Redactor, header_identifiers, pseudonym
+from dpmed.errors import BadRecordError, ConfigError, DataError
+from dpmed.io.identifiers import Redactor, header_identifiers, pseudonym, quiet_readers
+from dpmed.parallel import ordered_map
 
 SPLITS = ("train", "val", "test")
 TRAIN_POOL = "train+val"  # a given split that leaves train vs val to the seeded splitter
 
-CBIS_COLUMNS = (
-    "patient_id",
-    "breast_density",
-    "left or right breast",
-    "image view",
-    "abnormality id",
-    "abnormality type",
-    "mass shape",
-    "mass margins",
-    "assessment",
-    "pathology",
-    "subtlety",
-    "image file path",
-    "cropped image file path",
-    "ROI mask file path",
-)
 CBIS_REQUIRED = ("patient_id", "abnormality id", "pathology", "image file path", "ROI mask file path")
 CBIS_MALIGNANT = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
+# CBIS-DDSM descriptive columns copied to the manifest, each only when its value is one of these.
+CBIS_WHITELIST = {
+    "laterality": ("left or right breast", re.compile(r"LEFT|RIGHT")),
+    "view": ("image view", re.compile(r"CC|MLO|ML|LM|LMO|XCCL|XCCM|FB|SIO|AT")),
+    "breast_density": ("breast_density", re.compile(r"[1-4]")),
+    "abnormality_id": ("abnormality id", re.compile(r"\d{1,3}")),
+}
+REJECTED_COLUMNS = ["source", "record", "reason"]
 
 
 @dataclasses.dataclass
@@ -60,9 +58,8 @@ class SourceRecord:
     """One record as an adapter found it; nothing here is validated yet."""
 
     row: str  # locates the record without identifying anyone, e.g. "labels.csv line 17"
-    rel_path: str  # image path relative to the data folder (redacted before it is shown)
     image_path: Path
-    key: str  # unique within the dataset; hashed into the record id
+    key: str  # unique within the dataset (normalised relative path); hashed into the record id
     mask_path: Path | None = None
     patient: str | None = None
     sex: Any = None
@@ -72,15 +69,23 @@ class SourceRecord:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     identifiers: list[str] = dataclasses.field(default_factory=list)
 
+    @property
+    def same_file(self) -> str:
+        """The resolved image (and mask) path: equal for two spellings of the same file."""
+        mask = os.path.realpath(self.mask_path) if self.mask_path else ""
+        return f"{os.path.realpath(self.image_path)}|{mask}|{self.extra.get('abnormality_id', '')}"
+
 
 @dataclasses.dataclass
 class IngestResult:
-    manifest: pd.DataFrame  # shareable: pseudonyms and redacted paths only
+    manifest: pd.DataFrame  # shareable: pseudonyms, table lines and whitelisted fields only
     sources: pd.DataFrame  # private: record_id -> real file paths
     rejected: pd.DataFrame  # shareable: every skipped record with its reason
 
 
 # --------------------------------------------------------------------------- parsing helpers
+# Reasons never quote the offending value: a malformed cell may hold a name or a date. The
+# table line in the rejection tells the user where to look.
 
 _AGE_UNITS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
 
@@ -98,7 +103,7 @@ def parse_sex(value: Any) -> str:
         return "M"
     if text in ("F", "FEMALE"):
         return "F"
-    raise ValueError(f"unparsable sex {str(value)!r} (expected M/F/male/female)")
+    raise ValueError("unparsable sex (expected M/F/male/female)")
 
 
 def parse_age(value: Any) -> float:
@@ -113,18 +118,25 @@ def parse_age(value: Any) -> float:
         try:
             age = float(text)
         except ValueError:
-            raise ValueError(f"unparsable age {text!r} (expected years or a DICOM age like 067Y)") from None
+            raise ValueError("unparsable age (expected years or a DICOM age like 067Y)") from None
     if not (math.isfinite(age) and 0 <= age < 130):
-        raise ValueError(f"implausible age {text!r}")
+        raise ValueError("implausible age (expected 0 to 130 years)")
     return age
 
 
-def _age_from_dates(birth: str, study: str) -> float:
-    b = dt.datetime.strptime(birth[:8], "%Y%m%d").date()
-    s = dt.datetime.strptime(study[:8], "%Y%m%d").date()
-    years = (s - b).days / 365.25
+def age_from_dates(birth: str, study: str) -> int:
+    """Full years between a DICOM birth date and study date (``YYYYMMDD``), as DICOM ``AS`` counts them."""
+    try:
+        b = dt.datetime.strptime(birth.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        raise ValueError("PatientBirthDate is not a DICOM date (YYYYMMDD)") from None
+    try:
+        s = dt.datetime.strptime(study.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        raise ValueError("StudyDate is not a DICOM date (YYYYMMDD)") from None
+    years = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
     if years < 0:
-        raise ValueError("birth date after study date")
+        raise ValueError("PatientBirthDate is after StudyDate")
     return years
 
 
@@ -134,12 +146,12 @@ def parse_grade(value: Any, label: str, lo: int, hi: int) -> int:
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise ValueError(f"label {label} value {str(value)!r} is not a number") from None
+        raise ValueError(f"label {label} is not a number") from None
     if not number.is_integer():
-        raise ValueError(f"label {label} value {str(value)!r} is not an integer grade")
+        raise ValueError(f"label {label} is not an integer grade")
     grade = int(number)
     if not lo <= grade <= hi:
-        raise ValueError(f"label {label} grade {grade} outside its range [{lo}, {hi}]")
+        raise ValueError(f"label {label} grade outside its range [{lo}, {hi}]")
     return grade
 
 
@@ -147,10 +159,25 @@ def parse_grade(value: Any, label: str, lo: int, hi: int) -> int:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    """A CSV as text columns; unreadable tables raise errors that name the file."""
     if not path.exists():
         raise ConfigError(f"{path}: table not found (check the dataset's table/description_csvs in the config)")
-    # Everything as text: parsing (and its error messages) is ours, not pandas' guesswork.
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        # Everything as text: parsing (and its error messages) is ours, not pandas' guesswork.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the table is empty (not even a header line)") from None
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save the table as UTF-8 CSV"
+        ) from None
+    except pd.errors.ParserError as err:
+        detail = str(err).strip().splitlines()[-1]
+        raise DataError(f"{path}: not a readable CSV table ({detail})") from None
+    if table.empty:
+        raise DataError(f"{path}: the table has a header but lists no records")
+    return table
 
 
 def _require_columns(table: pd.DataFrame, path: Path, columns: Iterable[str]) -> None:
@@ -161,6 +188,11 @@ def _require_columns(table: pd.DataFrame, path: Path, columns: Iterable[str]) ->
 
 def _line(path: Path, index: int) -> str:
     return f"{path.name} line {index + 2}"  # +1 for the header, +1 for 1-based lines
+
+
+def _normalised(rel: str) -> str:
+    """One spelling per relative path (``./a/b.dcm``, ``a//b.dcm``, ``a/x/../b.dcm`` -> ``a/b.dcm``)."""
+    return os.path.normpath(rel.strip()).replace(os.sep, "/")
 
 
 def adapt_table(cfg: dict, *, volume: bool) -> list[SourceRecord]:
@@ -181,17 +213,41 @@ def adapt_table(cfg: dict, *, volume: bool) -> list[SourceRecord]:
         records.append(
             SourceRecord(
                 row=_line(table_path, i),
-                rel_path=rel,
-                image_path=(base / rel),
-                key=rel,
+                image_path=base / rel,
+                key=_normalised(rel),
                 patient=row.get("patient_id") or None,
                 sex=row.get("sex"),
                 age=row.get("age"),
                 grades={label: row[label] for label in cfg["labels"]},
                 split=row[split_col] if split_col else None,
+                identifiers=[rel],
             )
         )
     return records
+
+
+def _cbis_record(row: dict, line: str, root: Path, given_split: str) -> SourceRecord:
+    rel = str(row["image file path"]).strip()
+    mask_rel = str(row["ROI mask file path"]).strip()
+    pathology = str(row["pathology"]).strip().upper()
+    grade = CBIS_MALIGNANT.get(pathology, "unknown pathology (expected MALIGNANT, BENIGN or BENIGN_WITHOUT_CALLBACK)")
+    extra = {}
+    for field, (column, allowed) in CBIS_WHITELIST.items():
+        value = str(row.get(column, "")).strip().upper()
+        extra[field] = value if allowed.fullmatch(value) else ""
+    return SourceRecord(
+        row=line,
+        image_path=root / rel,
+        mask_path=root / mask_rel,
+        key=f"{_normalised(rel)}|{extra['abnormality_id'] or row['abnormality id']}",
+        patient=row["patient_id"] or None,
+        grades={"malignant": grade},
+        # Training-set patients are split into train/val later; a patient in both CSVs is
+        # caught as "a patient in two splits".
+        split="test" if given_split == "test" else TRAIN_POOL,
+        extra=extra,
+        identifiers=[rel, mask_rel],
+    )
 
 
 def adapt_cbis_ddsm(cfg: dict) -> list[SourceRecord]:
@@ -207,31 +263,7 @@ def adapt_cbis_ddsm(cfg: dict) -> list[SourceRecord]:
             table = table.rename(columns={"breast density": "breast_density"})
             _require_columns(table, csv, CBIS_REQUIRED)
             for i, row in enumerate(table.to_dict("records")):
-                rel = str(row["image file path"]).strip()
-                mask_rel = str(row["ROI mask file path"]).strip()
-                pathology = str(row["pathology"]).strip().upper()
-                grade = CBIS_MALIGNANT.get(pathology, f"unknown pathology {row['pathology']!r}")
-                records.append(
-                    SourceRecord(
-                        row=_line(csv, i),
-                        rel_path=rel,
-                        image_path=root / rel,
-                        mask_path=root / mask_rel,
-                        key=f"{rel}|{row['abnormality id']}",
-                        patient=row["patient_id"] or None,
-                        grades={"malignant": grade},
-                        # Training-set patients are split into train/val later; a patient in both
-                        # CSVs is caught as "a patient in two splits".
-                        split="test" if given_split == "test" else TRAIN_POOL,
-                        extra={
-                            "laterality": row.get("left or right breast", ""),
-                            "view": row.get("image view", ""),
-                            "breast_density": row.get("breast_density", ""),
-                            "abnormality_id": row.get("abnormality id", ""),
-                        },
-                        identifiers=[mask_rel],
-                    )
-                )
+                records.append(_cbis_record(row, _line(csv, i), root, given_split))
     return records
 
 
@@ -256,46 +288,116 @@ def _header_facts(path: Path) -> dict:
         "age": ds.get("PatientAge") or None,
         "dates": (birth, study) if birth and study else None,
         "identifiers": header_identifiers(ds),
+        "modality": str(ds.get("Modality", "") or ""),
+        "sop_class": pydicom.uid.UID(str(ds.get("SOPClassUID", "") or "")).name,
     }
 
 
-def inspect_record(record: SourceRecord, kind: str) -> dict:
-    """Open and decode a record's files; return header facts. Raises BadRecordError."""
+_NO_HEADER = {"patient": None, "sex": None, "age": None, "dates": None, "identifiers": [], "modality": "", "sop_class": ""}
+
+
+class _Refused(Exception):
+    """A record refused by a check: which of its files (``part``) and why."""
+
+    def __init__(self, part: str, reason: str):
+        super().__init__(reason)
+        self.part, self.reason = part, reason
+
+
+def _header_or_refuse(path: Path, part: str) -> dict:
     from dpmed.io.dicom import read_dicom_image
 
-    path = record.image_path
-    if not path.exists():
-        raise BadRecordError(record.rel_path, record.row, "file not found")
-    if kind == "ct":
-        from dpmed.io.nifti import read_nifti_volume
+    try:
+        return _header_facts(path)
+    except Exception:
+        try:  # let the reader say what is wrong with the file (not DICOM, truncated, ...)
+            read_dicom_image(path)
+        except BadRecordError as err:
+            raise _Refused(part, err.reason) from None
+        raise _Refused(part, "the DICOM header cannot be read") from None
 
-        if path.is_dir():
-            from dpmed.io.dicom import read_dicom_series
 
-            slices = sorted(p for p in path.iterdir() if p.is_file())
-            if not slices:
-                raise BadRecordError(record.rel_path, record.row, "DICOM series folder is empty")
-            read_dicom_series(slices)
-            return _header_facts(slices[0])
-        read_nifti_volume(path)
-        return {"patient": None, "sex": None, "age": None, "dates": None, "identifiers": []}
+def _inspect_projection(record: SourceRecord, kind: str) -> dict:
+    """A radiograph or a mammogram (+ its ROI mask): header checks first, then decode."""
+    from dpmed.io.checks import check_modality, check_not_constant, content_digest
+    from dpmed.io.dicom import read_dicom_image
 
-    image = read_dicom_image(path)
-    facts = _header_facts(path)
+    facts = _header_or_refuse(record.image_path, "image file")
+    try:
+        check_modality(kind, facts["modality"], facts["sop_class"])
+        image = read_dicom_image(record.image_path)
+        check_not_constant(image.pixels)
+    except (ValueError, BadRecordError) as err:
+        raise _Refused("image file", getattr(err, "reason", str(err))) from None
+    arrays = [image.pixels]
     if kind == "mammography":
         mask_path = record.mask_path
         if mask_path is None or not mask_path.exists():
-            raise BadRecordError(record.rel_path, record.row, "ROI mask file not found")
-        mask = read_dicom_image(mask_path)
+            raise _Refused("ROI mask file", "ROI mask file not found")
+        try:
+            mask = read_dicom_image(mask_path)
+        except BadRecordError as err:
+            raise _Refused("ROI mask file", err.reason) from None
         if mask.pixels.shape != image.pixels.shape:
-            raise BadRecordError(
-                record.rel_path,
-                record.row,
-                f"ROI mask shape {mask.pixels.shape} differs from image shape {image.pixels.shape}",
-            )
+            raise _Refused("ROI mask file", f"ROI mask shape {mask.pixels.shape} differs from image shape {image.pixels.shape}")
         if not np.any(mask.pixels > 0):
-            raise BadRecordError(record.rel_path, record.row, "ROI mask is empty")
-    return facts
+            raise _Refused("ROI mask file", "ROI mask is empty")
+        arrays.append(mask.pixels)  # several masses of one image are several records
+    return {**facts, "digest": content_digest(*arrays)}
+
+
+def _inspect_series(folder: Path) -> dict:
+    """A CT series folder: every slice decoded, the offending one named by its place in the folder."""
+    from dpmed.io.checks import check_hounsfield, check_modality, content_digest
+    from dpmed.io.dicom import read_dicom_series, series_files
+
+    slices = series_files(folder)
+    if not slices:
+        raise _Refused("series folder", "DICOM series folder holds no slice files")
+    where = {str(p): f"series file {i + 1} of {len(slices)} (in name order)" for i, p in enumerate(slices)}
+    facts = _header_or_refuse(slices[0], where[str(slices[0])])
+    try:
+        check_modality("ct", facts["modality"], facts["sop_class"])
+        volume = read_dicom_series(slices)
+        check_hounsfield(volume.data)
+    except BadRecordError as err:
+        raise _Refused(where.get(err.source, "series folder"), err.reason) from None
+    except ValueError as err:
+        raise _Refused("series folder", str(err)) from None
+    return {**facts, "digest": content_digest(volume.data)}
+
+
+def _inspect_nifti(path: Path) -> dict:
+    from dpmed.io.checks import check_hounsfield, content_digest
+    from dpmed.io.nifti import read_nifti_volume
+
+    try:
+        volume = read_nifti_volume(path)
+        check_hounsfield(volume.data)
+    except (ValueError, BadRecordError) as err:
+        raise _Refused("volume file", getattr(err, "reason", str(err))) from None
+    return {**_NO_HEADER, "digest": content_digest(volume.data)}
+
+
+def inspect_record(record: SourceRecord, kind: str) -> dict:
+    """Open, check and decode a record's files; return header facts and a digest of the pixels.
+
+    Raises
+    ------
+    BadRecordError: source = which file of the record (``image file``, ``ROI mask file``,
+        ``series file 3 of 40 (in name order)``, ...), record = the table line, reason in dpmed's
+        own words (no header value is quoted).
+    """
+    path = record.image_path
+    try:
+        with quiet_readers():
+            if not path.exists():
+                raise _Refused("image file", "file not found")
+            if kind == "ct":
+                return _inspect_series(path) if path.is_dir() else _inspect_nifti(path)
+            return _inspect_projection(record, kind)
+    except _Refused as err:
+        raise BadRecordError(err.part, record.row, err.reason) from None
 
 
 def _inspect_safely(args) -> tuple[bool, Any]:
@@ -303,19 +405,25 @@ def _inspect_safely(args) -> tuple[bool, Any]:
     try:
         return True, inspect_record(record, kind)
     except BadRecordError as err:
-        return False, BadRecordError(record.rel_path, record.row, err.reason)
+        return False, err
     except Exception as err:  # an unreadable file must be reported as such, not crash the run
-        return False, BadRecordError(record.rel_path, record.row, f"cannot read: {type(err).__name__}: {err}")
-
-
-def _map(fn, items: list, workers: int) -> list:
-    if workers <= 1 or len(items) < 2 * workers:
-        return [fn(item) for item in items]
-    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (8 * workers))))
+        return False, BadRecordError("image file", record.row, f"cannot read ({type(err).__name__})")
 
 
 # --------------------------------------------------------------------------- resolution
+
+
+def _resolve_age(record: SourceRecord, facts: dict, optional: bool) -> float:
+    """Whole years (as DICOM AS counts them): an exact age would give the birth date back."""
+    raw = record.age if not _is_missing(record.age) else facts.get("age")
+    try:
+        if _is_missing(raw) and facts.get("dates"):
+            return float(age_from_dates(*facts["dates"]))
+        return float(math.floor(parse_age(raw)))
+    except ValueError:
+        if optional and _is_missing(raw) and not facts.get("dates"):
+            return float("nan")
+        raise
 
 
 def _resolve(record: SourceRecord, facts: dict, cfg: dict) -> dict:
@@ -328,21 +436,10 @@ def _resolve(record: SourceRecord, facts: dict, cfg: dict) -> dict:
     try:
         sex = parse_sex(raw_sex)
     except ValueError:
-        if optional and _is_missing(raw_sex):
-            sex = "U"
-        else:
+        if not (optional and _is_missing(raw_sex)):
             raise
-    raw_age = record.age if not _is_missing(record.age) else facts.get("age")
-    try:
-        if _is_missing(raw_age) and facts.get("dates"):
-            age = _age_from_dates(*facts["dates"])
-        else:
-            age = parse_age(raw_age)
-    except ValueError:
-        if optional and _is_missing(raw_age):
-            age = float("nan")
-        else:
-            raise
+        sex = "U"
+    age = _resolve_age(record, facts, optional)
     grades = cfg["grades"]
     labels = {}
     for label, value in record.grades.items():
@@ -354,7 +451,7 @@ def _resolve(record: SourceRecord, facts: dict, cfg: dict) -> dict:
     if split is not None and not _is_missing(split):
         split = str(split).strip().lower()
         if split not in SPLITS and split != TRAIN_POOL:
-            raise ValueError(f"split {record.split!r} is not one of train/val/test")
+            raise ValueError("split is not one of train/val/test")
     else:
         split = None
     return {"patient": str(patient), "sex": sex, "age": age, "labels": labels, "split": split}
@@ -384,7 +481,7 @@ def assign_age_group(age: float, edges: list[float], labels: list[str]) -> str:
         return "unknown"
     i = int(np.searchsorted(edges, age, side="right")) - 1
     if i < 0 or i >= len(labels):
-        raise ValueError(f"age {age:g} outside the configured age groups [{edges[0]:g}, {edges[-1]:g})")
+        raise ValueError(f"age outside the configured age groups [{edges[0]:g}, {edges[-1]:g})")
     return labels[i]
 
 
@@ -417,41 +514,48 @@ def _stratum(labels: list[dict]) -> int:
 # --------------------------------------------------------------------------- the whole stage
 
 
-def ingest_dataset(name: str, cfg: dict, *, key: bytes, on_bad_record: str = "error", workers: int = 1) -> IngestResult:
-    """Build the manifest of one dataset. See the module docstring for the contract."""
-    records = ADAPTERS[cfg["adapter"]](cfg)
-    if not records:
-        raise ConfigError(f"dataset {name}: the input table lists no records")
-
-    errors: dict[int, BadRecordError] = {}
-    seen: dict[str, int] = {}
+def _duplicate_files(records: list[SourceRecord], errors: dict[int, BadRecordError]) -> None:
+    """The same file listed twice (``a/b.dcm``, ``./a/b.dcm``, ``x/../a/b.dcm``, a symlink): later ones are bad."""
+    first: dict[str, int] = {}
     for i, rec in enumerate(records):
-        if rec.key in seen:
-            errors[i] = BadRecordError(rec.rel_path, rec.row, f"duplicate of {records[seen[rec.key]].row}")
-        else:
-            seen[rec.key] = i
+        j = first.setdefault(rec.same_file, i)
+        if j != i:
+            errors[i] = BadRecordError(
+                "image file", rec.row, f"the same file as {records[j].row} (listed twice, e.g. under "
+                "two spellings of its path); one image must be one record"
+            )
 
-    todo = [i for i in range(len(records)) if i not in errors]
-    results = _map(_inspect_safely, [(records[i], cfg["kind"]) for i in todo], workers)
-    resolved: dict[int, dict] = {}
-    identifiers: list[str] = []
-    for i, (ok, payload) in zip(todo, results):
-        identifiers.extend(records[i].identifiers)
-        if not ok:
-            errors[i] = payload
-            continue
-        identifiers.extend(payload.get("identifiers", []))
-        try:
-            resolved[i] = _resolve(records[i], payload, cfg)
-        except ValueError as err:
-            errors[i] = BadRecordError(records[i].rel_path, records[i].row, str(err))
 
-    # Redact with everything known about every record: a bad record's own header may be unreadable.
-    patient_ids = {r["patient"] for r in resolved.values()} | {rec.patient for rec in records if rec.patient}
-    pseudonyms = {pid: pseudonym(key, pid, "P") for pid in patient_ids}
-    redact = Redactor(pseudonyms, identifiers)
+def _duplicate_content(records: list[SourceRecord], facts: dict[int, dict], errors: dict[int, BadRecordError]) -> None:
+    """The same decoded pixels under two records (a copy, another encoding): later ones are bad."""
+    first: dict[str, int] = {}
+    for i in sorted(facts):
+        j = first.setdefault(facts[i]["digest"], i)
+        if j != i:
+            errors[i] = BadRecordError(
+                "image file", records[i].row, f"the same pixel content as {records[j].row}; one image "
+                "under two records would reach two splits (test leakage)"
+            )
 
-    # Age groups (quartile edges come from the records that passed).
+
+def _inspect_all(records: list[SourceRecord], todo: list[int], kind: str, workers: int) -> list:
+    items = [(records[i], kind) for i in todo]
+    return list(ordered_map(_inspect_safely, items, workers if len(items) >= 2 * workers else 1))
+
+
+def _rejected_table(errors: dict[int, BadRecordError], redact: Redactor) -> pd.DataFrame:
+    rows = [{"source": redact(e.source), "record": e.record, "reason": redact(e.reason)} for _, e in sorted(errors.items())]
+    return pd.DataFrame(rows, columns=REJECTED_COLUMNS)
+
+
+def _stop_on_first(errors: dict[int, BadRecordError], redact: Redactor) -> None:
+    err = errors[min(errors)]
+    more = f" ({len(errors) - 1} more bad record(s); set on_bad_record: skip to list them all)" if len(errors) > 1 else ""
+    raise BadRecordError(redact(err.source), err.record, redact(err.reason) + more)
+
+
+def _assign_age_groups(records, resolved: dict[int, dict], errors, cfg: dict) -> list[float]:
+    """Age group of every resolved record (quartile edges from the records that passed)."""
     quartiles = cfg["age_groups"] == "quartiles"
     ages = np.array([r["age"] for r in resolved.values()], dtype=float)
     edges = age_group_edges(ages, cfg["age_groups"])
@@ -460,18 +564,13 @@ def ingest_dataset(name: str, cfg: dict, *, key: bytes, on_bad_record: str = "er
         try:
             resolved[i]["age_group"] = assign_age_group(resolved[i]["age"], edges, group_labels)
         except ValueError as err:
-            errors[i] = BadRecordError(records[i].rel_path, records[i].row, str(err))
+            errors[i] = BadRecordError("table", records[i].row, str(err))
             del resolved[i]
+    return edges
 
-    _check_given_splits(records, resolved, errors, pseudonyms)
 
-    if errors and on_bad_record == "error":
-        first = min(errors)
-        err = errors[first]
-        more = f" ({len(errors) - 1} more bad record(s); set on_bad_record: skip to list them all)" if len(errors) > 1 else ""
-        raise BadRecordError(redact(err.source), err.record, redact(err.reason) + more)
-
-    # Splits for patients without a given split.
+def _split_of_patients(resolved: dict[int, dict], cfg: dict) -> dict[str, str]:
+    """Given splits as given; the rest patient-wise, stratified and seeded."""
     by_patient: dict[str, list[int]] = {}
     for i, r in resolved.items():
         by_patient.setdefault(r["patient"], []).append(i)
@@ -486,43 +585,107 @@ def ingest_dataset(name: str, cfg: dict, *, key: bytes, on_bad_record: str = "er
     )
     split_of = dict(given)
     if len(free):
-        fractions = dict(cfg["split"])
-        split_of.update(assign_splits(free, fractions, cfg["split"]["seed"]))
+        split_of.update(assign_splits(free, dict(cfg["split"]), cfg["split"]["seed"]))
+    return split_of
 
+
+def _check_split_sizes(name: str, split_of: dict[str, str], resolved: dict[int, dict], cfg: dict, rejected) -> None:
+    """Every split the config asks for (fraction > 0, or given in the table) gets ``min_patients``."""
+    minimum = cfg["split"]["min_patients"]
+    given = {r["split"] for r in resolved.values()}
+    counts = pd.Series(list(split_of.values()), dtype=object).value_counts()
+    for split in SPLITS:
+        wanted = cfg["split"][split] > 0 or split in given
+        n = int(counts.get(split, 0))
+        if wanted and n < minimum:
+            raise DataError(
+                f"dataset {name}: split {split} gets {n} patient(s), fewer than split.min_patients = "
+                f"{minimum} ({len(split_of)} patients in all); add patients, change the split "
+                "fractions, or lower split.min_patients",
+                rejected=rejected,
+            )
+
+
+def _manifest_rows(name: str, key: bytes, records, resolved, split_of, pseudonyms) -> tuple[list, list]:
     rows, sources = [], []
     for i, r in resolved.items():
         rec = records[i]
         record_id = pseudonym(key, f"{name}|{rec.key}", name)
-        row = {
+        rows.append({
             "record_id": record_id,
             "patient_id": pseudonyms[r["patient"]],
             "split": split_of[r["patient"]],
             "sex": r["sex"],
-            "age": float(r["age"]),
+            "age": float(r["age"]),  # whole years (NaN when unknown and allowed)
             "age_group": r["age_group"],
             **{f"label_{k}": v for k, v in r["labels"].items()},
-            "source_path": redact(rec.rel_path),
-        }
-        row.update({k: redact(str(v)) for k, v in rec.extra.items()})
-        rows.append(row)
-        sources.append(
-            {
-                "record_id": record_id,
-                "image_path": str(rec.image_path.resolve()),
-                "mask_path": str(rec.mask_path.resolve()) if rec.mask_path else "",
-            }
+            "source_path": rec.row,  # where the record is listed; the real path stays private
+            **rec.extra,  # whitelisted values only (see CBIS_WHITELIST)
+        })
+        sources.append({
+            "record_id": record_id,
+            "image_path": str(rec.image_path.resolve()),
+            "mask_path": str(rec.mask_path.resolve()) if rec.mask_path else "",
+        })
+    return rows, sources
+
+
+def ingest_dataset(name: str, cfg: dict, *, key: bytes, on_bad_record: str = "error", workers: int = 1) -> IngestResult:
+    """Build the manifest of one dataset. See the module docstring for the contract.
+
+    Raises
+    ------
+    ConfigError: a table is missing or lacks a required column.
+    DataError: a table is empty or unreadable; with ``on_bad_record: skip`` every record was
+        rejected; a split gets fewer than ``split.min_patients`` patients. ``err.rejected`` then
+        holds the rejected records so far.
+    BadRecordError: with ``on_bad_record: error``, the first bad record (table line, file, reason).
+    """
+    records = ADAPTERS[cfg["adapter"]](cfg)
+    errors: dict[int, BadRecordError] = {}
+    _duplicate_files(records, errors)
+    todo = [i for i in range(len(records)) if i not in errors]
+    facts: dict[int, dict] = {}
+    identifiers: list[str] = [ident for rec in records for ident in rec.identifiers]
+    for i, (ok, payload) in zip(todo, _inspect_all(records, todo, cfg["kind"], workers)):
+        if ok:
+            facts[i] = payload
+            identifiers.extend(payload["identifiers"])
+        else:
+            errors[i] = payload
+    _duplicate_content(records, facts, errors)
+    resolved: dict[int, dict] = {}
+    for i in sorted(set(facts) - set(errors)):
+        try:
+            resolved[i] = _resolve(records[i], facts[i], cfg)
+        except ValueError as err:
+            errors[i] = BadRecordError("table or header", records[i].row, str(err))
+
+    # Redact with everything known about every record: a bad record's own header may be unreadable.
+    patient_ids = {r["patient"] for r in resolved.values()} | {rec.patient for rec in records if rec.patient}
+    patient_ids |= {f["patient"] for f in facts.values() if f.get("patient")}
+    pseudonyms = {pid: pseudonym(key, pid, "P") for pid in patient_ids}
+    redact = Redactor(pseudonyms, identifiers)
+
+    edges = _assign_age_groups(records, resolved, errors, cfg)
+    _check_given_splits(records, resolved, errors, pseudonyms)
+    if errors and on_bad_record == "error":
+        _stop_on_first(errors, redact)
+    rejected = _rejected_table(errors, redact)
+    if not resolved:
+        raise DataError(
+            f"dataset {name}: all {len(records)} records were rejected (on_bad_record: skip); "
+            "rejected.csv lists the reason for each",
+            rejected=rejected,
         )
+    split_of = _split_of_patients(resolved, cfg)
+    _check_split_sizes(name, split_of, resolved, cfg, rejected)
+
+    rows, sources = _manifest_rows(name, key, records, resolved, split_of, pseudonyms)
     manifest = pd.DataFrame(rows).sort_values("record_id", ignore_index=True)
     if manifest["record_id"].duplicated().any():  # would mean a hash collision: never silently merge
         raise RuntimeError(f"dataset {name}: record id collision")
     manifest.attrs["age_group_edges"] = edges
-    rejected = pd.DataFrame(
-        [
-            {"source": redact(e.source), "record": e.record, "reason": redact(e.reason)}
-            for _, e in sorted(errors.items())
-        ],
-        columns=["source", "record", "reason"],
-    )
     return IngestResult(
         manifest=manifest,
         sources=pd.DataFrame(sources).sort_values("record_id", ignore_index=True),
@@ -545,5 +708,5 @@ def _check_given_splits(records, resolved, errors, pseudonyms) -> None:
                 f"({where}); a patient must stay in one split"
             )
             for i in rows:
-                errors[i] = BadRecordError(records[i].rel_path, records[i].row, reason)
+                errors[i] = BadRecordError("table", records[i].row, reason)
                 del resolved[i]

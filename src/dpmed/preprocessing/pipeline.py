@@ -7,17 +7,15 @@ with the cohort.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
-import itertools
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from dpmed.errors import BadRecordError
 from dpmed.io.cache import CacheWriter
+from dpmed.io.identifiers import quiet_readers
+from dpmed.parallel import ordered_map  # noqa: F401  (re-exported: the project's one pool map)
 
 # How each kind is stored: dtype and what its values mean.
 STORAGE = {
@@ -63,9 +61,9 @@ def preprocess_one(kind: str, params: dict, image_path: str, mask_path: str = ""
 
         path = Path(image_path)
         if path.is_dir():
-            from dpmed.io.dicom import read_dicom_series
+            from dpmed.io.dicom import read_dicom_series, series_files
 
-            volume = read_dicom_series(sorted(p for p in path.iterdir() if p.is_file()))
+            volume = read_dicom_series(series_files(path))
         else:
             from dpmed.io.nifti import read_nifti_volume
 
@@ -77,27 +75,12 @@ def preprocess_one(kind: str, params: dict, image_path: str, mask_path: str = ""
 def _task(args) -> tuple[str, np.ndarray]:
     kind, params, record_id, source, image_path, mask_path = args
     try:
-        return record_id, preprocess_one(kind, params, image_path, mask_path)
+        with quiet_readers():  # library warnings quote header values; they must not reach the log
+            return record_id, preprocess_one(kind, params, image_path, mask_path)
     except BadRecordError as err:
         raise BadRecordError(source, f"record {record_id}", err.reason) from None
-    except Exception as err:
-        raise BadRecordError(source, f"record {record_id}", f"{type(err).__name__}: {err}") from None
-
-
-def ordered_map(fn: Callable, items: Iterable, workers: int, window: int | None = None) -> Iterator[Any]:
-    """``map(fn, items)`` over processes, in order, with at most ``window`` results pending."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    window = window or 4 * workers
-    items = iter(items)
-    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-        pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, window))
-        while pending:
-            result = pending.popleft().result()
-            for item in itertools.islice(items, 1):
-                pending.append(pool.submit(fn, item))
-            yield result
+    except Exception as err:  # the type only: a library's message may quote the file's content
+        raise BadRecordError(source, f"record {record_id}", f"preprocessing failed ({type(err).__name__})") from None
 
 
 def preprocess_split(
