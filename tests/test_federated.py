@@ -307,3 +307,28 @@ def test_sinkhorn_w2_of_a_shifted_gaussian_is_the_shift():
     assert sinkhorn_w2(x, x) == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(ValueError, match="same dimension"):
         sinkhorn_w2(x, x[:, :2])
+
+
+# ------------------------------------------------------------------------------- demo sites
+def test_demo_cxr_patients_belong_to_one_site_and_sites_differ(tmp_path):
+    import pydicom
+
+    from dpmed.demo import cxr as cxr_mod
+
+    labels = cxr_mod.generate_cxr_cohort(tmp_path, n_patients=24, image_size=32, seed=3)
+    site_of = {}
+    for rel in labels["path"]:
+        ds = pydicom.dcmread(tmp_path / rel, stop_before_pixels=True)
+        assert ds.InstitutionName in cxr_mod.SITES
+        assert site_of.setdefault(ds.PatientID, ds.InstitutionName) == ds.InstitutionName
+    assert len(set(site_of.values())) >= 3
+    # label prevalence differs by site: the grade model with site 0's vs site 2's shift
+    rng = np.random.default_rng(0)
+    n = 4000
+    ages, card = rng.uniform(40, 90, n), rng.normal(0, 1, n)
+    offs = rng.normal(0, 0.7, (n, 8))
+    prev = [(cxr_mod.sample_grades(np.random.default_rng(1), ages, card, offs + cxr_mod._SITE_SHIFT[s]) >= 2)
+            .mean(0) for s in range(len(cxr_mod.SITES))]
+    assert prev[0][0] > prev[2][0] + 0.1  # cardiomegaly
+    assert prev[1][4] > prev[2][4] + 0.1  # infiltrates
+    assert len(set(cxr_mod._SITE_GAMMA)) == len(cxr_mod.SITES)  # each site its own detector curve
