@@ -9,21 +9,30 @@
   classifiers, FedAvg/FedProx baselines, metrics; :mod:`.fidelity` — Sinkhorn W₂.
 """
 
-from dpmed.federated.downstream import (LAMBDAS, LinearClassifier, choose_lambda, federated_linear,
-                                        mean_std_over_sites, site_metrics, train_linear)
-from dpmed.federated.fidelity import sinkhorn_w2
-from dpmed.federated.rounds import (ClientState, adam_trainer, aggregate, aggregation_weights,
-                                    client_update, round_generator, run_in_process, shared_weights)
-from dpmed.federated.scaling import FeatureBounds, fixed_bounds, public_bounds
-from dpmed.federated.sites import (SiteRecords, check_site, dirichlet_label_skew, sites_from_column,
-                                   sites_from_dirichlet)
-from dpmed.federated.synthetic import LabelDistribution, public_labels, synthesize, uniform_labels
+import importlib
 
-__all__ = [
-    "LAMBDAS", "ClientState", "FeatureBounds", "LabelDistribution", "LinearClassifier", "SiteRecords",
-    "adam_trainer", "aggregate", "aggregation_weights", "check_site", "choose_lambda", "client_update",
-    "dirichlet_label_skew", "federated_linear", "fixed_bounds", "mean_std_over_sites", "public_bounds",
-    "public_labels", "round_generator", "run_in_process", "shared_weights", "sinkhorn_w2",
-    "site_metrics", "sites_from_column", "sites_from_dirichlet", "synthesize", "train_linear",
-    "uniform_labels",
-]
+# Submodules are imported on first use: a Flower ClientApp process (one per round) imports only
+# what one client needs, not scikit-learn and the evaluation code.
+_EXPORTS = {
+    "downstream": ("LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
+                   "mean_std_over_sites", "site_metrics", "train_linear"),
+    "fidelity": ("sinkhorn_w2",),
+    "rounds": ("ClientState", "adam_trainer", "aggregate", "aggregation_weights", "client_update",
+               "round_generator", "run_in_process", "shared_weights"),
+    "scaling": ("FeatureBounds", "fixed_bounds", "public_bounds"),
+    "sites": ("SiteRecords", "check_site", "dirichlet_label_skew", "sites_from_column",
+              "sites_from_dirichlet"),
+    "synthetic": ("LabelDistribution", "public_labels", "synthesize", "uniform_labels"),
+}
+_MODULE_OF = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+
+
+def __dir__():
+    return __all__
