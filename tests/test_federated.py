@@ -276,6 +276,31 @@ def test_linear_classifiers_local_and_federated_learn():
         assert site_metrics(fed.predict_proba(x1), y1, "multiclass", ["n", "p"])["accuracy"] > 0.85
 
 
+def test_site_downstream_interpolates_towards_the_useful_source():
+    from dpmed.federated import site_downstream
+
+    rng = np.random.default_rng(1)
+    def data(n, flip=False):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 3)) + np.outer(2 * y - 1, [2.0, 0, 0])
+        return x, (1 - y if flip else y)
+    real = {"train": data(60), "val": data(60), "test": data(80)}
+    useless = (rng.normal(size=(60, 3)), rng.integers(0, 2, 60))  # synthetic set without signal
+    out = site_downstream(real, useless, "multiclass", ["n", "p"], seed=0, epochs=30, lr=1e-2, batch_size=16)
+    # a synthetic set without signal: λ = 0 (synthetic only) would be at chance, so λ > 0 wins
+    assert out["lambda"] > 0
+    assert out["metrics"]["local"]["accuracy"] > 0.85 and out["metrics"]["synthetic"]["accuracy"] < 0.7
+    assert out["metrics"]["interpolated"]["accuracy"] > 0.85
+    p = out["predictions"]["interpolated"]["test"]
+    lam = out["lambda"]
+    np.testing.assert_allclose(p, lam * out["predictions"]["local"]["test"]
+                               + (1 - lam) * out["predictions"]["synthetic"]["test"])
+    # a synthetic set from the right distribution and a local set with flipped labels: λ goes to 0
+    bad_local = {**real, "train": data(60, flip=True)}
+    out2 = site_downstream(bad_local, data(200), "multiclass", ["n", "p"], seed=0, epochs=30, lr=1e-2, batch_size=16)
+    assert out2["lambda"] <= 0.5 and out2["metrics"]["interpolated"]["accuracy"] > 0.85
+
+
 def test_mean_std_over_sites_by_hand():
     per = pd.DataFrame({"method": ["a", "a", "a", "b", "b"], "site": ["1", "2", "3", "1", "2"],
                         "accuracy": [0.5, 0.7, 0.9, 0.4, 0.6]})

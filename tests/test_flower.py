@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ pytest.importorskip("flwr", reason="flwr is not installed (pip install 'dpmed[fe
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict  # noqa: E402
 
 import dpmed  # noqa: E402
-from dpmed.errors import DpmedError  # noqa: E402
+from dpmed.errors import DpmedError, SiteError  # noqa: E402
 from dpmed.federated import ClientState, adam_trainer, run_in_process, shared_weights  # noqa: E402
 from dpmed.federated.flower import (client_round, initial_cvae, read_site_file,  # noqa: E402
                                     write_site_file)
@@ -104,6 +105,27 @@ def test_client_round_replies_with_decoder_weights_and_index_only(tmp_path):
     assert any(k.startswith("encoder.") for k in kept)
     with pytest.raises(DpmedError, match="site file nowhere.npz: cannot be read"):
         client_round(content, RUN, {"data-path": str(tmp_path / "nowhere.npz"), "client-index": 0}, state)
+    with pytest.raises(SiteError, match="site h7: 40 training records, fewer than the batch size 64"):
+        client_round(content, {**RUN, "batch-size": 64},
+                     {"data-path": str(paths[0]), "client-index": 0, "site": "h7"}, state)
+
+
+def test_trainer_state_survives_rounds_through_the_context(tmp_path, monkeypatch):
+    """The DP engine keeps its accountant in trainer_state: it must compose over every round."""
+    import dpmed.federated.flower as fl
+
+    def counting_trainer(run_config):
+        def train(state, epochs, generator, start):
+            state.trainer_state["steps"] = state.trainer_state.get("steps", 0) + epochs * 3
+        return train
+    monkeypatch.setattr(fl, "make_trainer", counting_trainer)
+    paths = _site_files(tmp_path)
+    state = RecordDict()
+    arrays = ArrayRecord(shared_weights(initial_cvae(D, C, SEED).decoder))
+    for rnd in (1, 2, 3):
+        content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": rnd, "local-epochs": 2})})
+        client_round(content, RUN, {"data-path": str(paths[1]), "client-index": 1}, state)
+    assert json.loads(state["trainer"]["json"]) == {"steps": 18}
 
 
 def test_superlink_and_two_supernodes_match_the_in_process_run(tmp_path):

@@ -15,7 +15,7 @@ import importlib
 # what one client needs, not scikit-learn and the evaluation code.
 _EXPORTS = {
     "downstream": ("LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
-                   "mean_std_over_sites", "site_metrics", "train_linear"),
+                   "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
     "fidelity": ("sinkhorn_w2",),
     "rounds": ("ClientState", "adam_trainer", "aggregate", "aggregation_weights", "client_update",
                "round_generator", "run_in_process", "shared_weights"),

@@ -128,3 +128,32 @@ def mean_std_over_sites(per_site: pd.DataFrame) -> pd.DataFrame:
     out = mean.add_suffix("_mean").join(std.add_suffix("_std"))
     out["n_sites"] = per_site.groupby("method", sort=False)["site"].nunique()
     return out.reset_index()
+
+
+def site_downstream(real: dict[str, tuple[np.ndarray, np.ndarray]], synthetic: tuple[np.ndarray, np.ndarray],
+                    kind: str, class_names: Sequence[str], *, seed: int, epochs: int = 100,
+                    lr: float = 1e-3, batch_size: int = 64) -> dict:
+    """Study C's downstream step at one site.
+
+    Parameters
+    ----------
+    real: ``{"train"|"val"|"test": (x, y)}`` — the site's real embeddings (scaled) and labels.
+    synthetic: ``(x, y)`` — the global synthetic set this site decoded.
+    kind, class_names: the task.
+    seed: initialisation/shuffling seed of the two classifiers.
+
+    Returns
+    -------
+    ``{"lambda": λ, "metrics": {method: {metric: value}}, "predictions": {method: {"val": p,
+    "test": p}}}`` for the methods ``local`` (real data only, λ = 1), ``synthetic`` (λ = 0) and
+    ``interpolated`` (λ chosen on validation); predictions feed the subgroup evaluation.
+    """
+    n_classes = len(class_names)
+    local = train_linear(*real["train"], kind, n_classes, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size)
+    glob = train_linear(*synthetic, kind, n_classes, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size)
+    p = {name: {s: m.predict_proba(real[s][0]) for s in ("val", "test")}
+         for name, m in (("local", local), ("synthetic", glob))}
+    lam = choose_lambda(p["local"]["val"], p["synthetic"]["val"], real["val"][1], kind, class_names)
+    p["interpolated"] = {s: lam * p["local"][s] + (1 - lam) * p["synthetic"][s] for s in ("val", "test")}
+    metrics = {name: site_metrics(pp["test"], real["test"][1], kind, class_names) for name, pp in p.items()}
+    return {"lambda": lam, "metrics": metrics, "predictions": p}

@@ -15,21 +15,24 @@ One SuperLink (the server) and one SuperNode per hospital; the Flower app is def
 Run config keys (``federation/pyproject.toml`` ``[tool.flwr.app.config]``, overridable with
 ``flwr run --run-config``): ``rounds``, ``local-epochs``, ``batch-size``, ``lr``, ``seed``
 (model initialisation), ``feature-dim``, ``n-classes``, ``n-clients``, ``output``,
-``noise-seed`` (−1 = OS entropy; only a test sets another value). Node config keys (each
-SuperNode's ``--node-config``): ``data-path``, ``client-index``.
+``noise-seed`` (−1 = OS entropy; only a test sets another value), ``weights`` (empty: uniform;
+else comma-separated FedAvg weights in client-index order, e.g. record counts the sites agree to
+treat as public). Node config keys (each SuperNode's ``--node-config``): ``data-path``,
+``client-index`` (0..M−1, agreed with the server), ``site`` (the site's pseudonym, for messages).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from dpmed.errors import ConfigError, DpmedError
-from dpmed.federated.rounds import (ClientState, adam_trainer, aggregate, client_update,
+from dpmed.errors import ConfigError, DpmedError, SiteError
+from dpmed.federated.rounds import (ClientState, LocalTrainer, adam_trainer, aggregate, client_update,
                                     round_generator, shared_weights)
 from dpmed.io.atomic import atomic_path
 from dpmed.models.cvae import CVAE
@@ -128,28 +131,43 @@ def server_main(grid: Grid, context: Context) -> None:
 client_app = ClientApp()
 
 
+def make_trainer(run_config: dict) -> LocalTrainer:
+    """The local trainer of a run (plain Adam until the private-training engine plugs in here)."""
+    return adam_trainer(lr=float(run_config["lr"]), batch_size=int(run_config["batch-size"]))
+
+
 def client_round(content: RecordDict, run_config: dict, node_config: dict, state: RecordDict) -> RecordDict:
     """One round at one site: data and CVAE from ``state``, :func:`client_update`, the reply's content.
 
     ``content`` is the server's message (``arrays``: global decoder, ``config``: round and local
-    epochs); ``state`` is the ``Context``'s record store, updated in place. The reply holds the
-    decoder's weights and the client index only.
+    epochs); ``state`` is the ``Context``'s record store, updated in place: the whole CVAE
+    (the personal encoder) and the trainer's state (JSON; the DP engine's accountant history)
+    survive from round to round. The reply holds the decoder's weights and the client index only.
+
+    Raises
+    ------
+    SiteError: fewer training records than the batch size (names the node's ``site``).
     """
     index = int(node_config["client-index"])
+    site = str(node_config.get("site", f"client-{index}"))
     x, c = read_site_file(str(node_config["data-path"]))
     cfg = run_config
+    if len(x) < int(cfg["batch-size"]):
+        raise SiteError(f"site {site}: {len(x)} training records, fewer than the batch size "
+                        f"{cfg['batch-size']}")
     model = initial_cvae(cfg["feature-dim"], cfg["n-classes"], cfg["seed"], client_index=index)
-    if "cvae" in state:  # the personal encoder (and last decoder) of earlier rounds
+    if "cvae" in state:
         model.load_state_dict(state["cvae"].to_torch_state_dict())
-    client = ClientState(f"client-{index}", model, model.decoder, x, c)
+    trainer_state = json.loads(str(state["trainer"]["json"])) if "trainer" in state else {}
+    client = ClientState(site, model, model.decoder, x, c, trainer_state)
     noise_seed = int(cfg.get("noise-seed", -1))
     rnd = int(content["config"]["server-round"])
     decoder = client_update(
         client, content["arrays"].to_torch_state_dict(),
-        local_epochs=int(content["config"]["local-epochs"]),
-        trainer=adam_trainer(lr=float(cfg["lr"]), batch_size=int(cfg["batch-size"])),
+        local_epochs=int(content["config"]["local-epochs"]), trainer=make_trainer(cfg),
         generator=round_generator(None if noise_seed < 0 else noise_seed, index, rnd))
     state["cvae"] = ArrayRecord(shared_weights(model))
+    state["trainer"] = ConfigRecord({"json": json.dumps(client.trainer_state)})
     return RecordDict({"arrays": ArrayRecord(decoder), "metrics": MetricRecord({"client-index": index})})
 
 
