@@ -2,6 +2,7 @@
 
 * :mod:`.sites` — which site each record belongs to (manifest column or Dirichlet label skew),
   per-site splits, checks;
+* :mod:`.data` — a site's scaled embeddings and labels per split;
 * :mod:`.scaling` — feature bounds that do not come from private data;
 * :mod:`.rounds` — the round loop (:func:`client_update`, :func:`aggregate`), in process;
 * :mod:`.flower` — the same functions under Flower's deployment engine;
@@ -14,6 +15,7 @@ import importlib
 # Submodules are imported on first use: a Flower ClientApp process (one per round) imports only
 # what one client needs, not scikit-learn and the evaluation code.
 _EXPORTS = {
+    "data": ("labels_of", "read_embeddings", "site_arrays"),
     "downstream": ("LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
                    "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
     "fidelity": ("sinkhorn_w2",),
