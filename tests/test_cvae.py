@@ -44,7 +44,7 @@ def test_cvae_per_sample_loss_by_hand():
     m = CVAE(D, C)
     x, c = torch.rand(5, D), label_condition(torch.tensor([0, 1, 2, 1, 0]), C, "multiclass")
     eps = torch.randn(5, 100)
-    loss = m.per_sample_loss(x, c, eps=eps)
+    loss = m.per_sample_loss(x, c, eps=eps).detach()
     assert loss.shape == (5,)
     with torch.no_grad():
         mu, logvar = m.encoder(x, c)
@@ -66,6 +66,7 @@ def test_cvae_loss_of_a_record_depends_on_that_record_only():
     assert torch.count_nonzero(x.grad[[0, 1, 3]]) == 0
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_opacus_per_sample_gradients_match_a_loop():
     """Opacus' hooks on the CVAE give each record's own gradient (what DP-SGD clips)."""
     from opacus import GradSampleModule
@@ -131,6 +132,7 @@ class _Enc(nn.Module):
         return h.mean((2, 3)) if self.flat else h
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # TorchScript is deprecated, hospitals still have such files
 def test_encoder_files_torchscript_and_export(tmp_path):
     net = _Enc().eval()
     ex = torch.rand(2, 1, 16, 16)
@@ -144,6 +146,7 @@ def test_encoder_files_torchscript_and_export(tmp_path):
     torch.testing.assert_close(enc2(ex), net(ex))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_encoder_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "hospital_dino.pt"
     bad.write_bytes(b"not a model")

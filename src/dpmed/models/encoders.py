@@ -15,6 +15,7 @@ with a message naming the file and the reason.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +32,9 @@ def _load(path: Path) -> nn.Module:
     for kind in loaders:
         try:
             if kind == "jit":
-                return torch.jit.load(str(path), map_location="cpu").eval()
+                with warnings.catch_warnings():  # TorchScript is deprecated; existing files still load
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    return torch.jit.load(str(path), map_location="cpu").eval()
             # an exported program is traced in eval mode already; its module refuses .train()/.eval()
             return torch.export.load(str(path)).module()
         except Exception as exc:  # noqa: BLE001 — each loader's reason goes into the message
