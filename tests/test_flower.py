@@ -128,6 +128,35 @@ def test_trainer_state_survives_rounds_through_the_context(tmp_path, monkeypatch
     assert json.loads(state["trainer"]["json"]) == {"steps": 18}
 
 
+class _Reply:
+    """What DecoderFedAvg reads of a Flower reply message."""
+
+    def __init__(self, index, weights, error=None):
+        self.content = {"arrays": ArrayRecord(weights), "metrics": {"client-index": index}}
+        self.error = error
+
+    def has_error(self):
+        return self.error is not None
+
+
+def test_decoder_fedavg_orders_by_client_and_uses_the_given_weights():
+    from types import SimpleNamespace
+
+    from dpmed.federated.flower import DecoderFedAvg
+
+    u = [{"w": torch.tensor([float(i), 2.0 * i])} for i in range(3)]
+    replies = [_Reply(2, u[2]), _Reply(0, u[0]), _Reply(1, u[1])]
+    arrays, _ = DecoderFedAvg(3).aggregate_train(1, replies)
+    torch.testing.assert_close(arrays.to_torch_state_dict()["w"], torch.tensor([1.0, 2.0]))
+    arrays, _ = DecoderFedAvg(3, [0.0, 0.0, 1.0]).aggregate_train(1, replies)
+    torch.testing.assert_close(arrays.to_torch_state_dict()["w"], torch.tensor([2.0, 4.0]))
+    with pytest.raises(DpmedError, match="expected client indices 0..2, got \\[0, 2\\]"):
+        DecoderFedAvg(3).aggregate_train(1, replies[:2])
+    failed = _Reply(1, u[1], error=SimpleNamespace(reason="site h2: 3 training records"))
+    with pytest.raises(DpmedError, match="round 4: 1 client\\(s\\) failed: site h2: 3 training records"):
+        DecoderFedAvg(3).aggregate_train(4, [replies[0], failed, replies[1]])
+
+
 def test_superlink_and_two_supernodes_match_the_in_process_run(tmp_path):
     paths = _site_files(tmp_path)
     expected = _in_process(paths)
