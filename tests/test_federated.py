@@ -392,7 +392,18 @@ def test_demo_cxr_patients_belong_to_one_site_and_sites_differ(tmp_path):
             .mean(0) for s in range(len(cxr_mod.SITES))]
     assert prev[0][0] > prev[2][0] + 0.1  # cardiomegaly
     assert prev[1][4] > prev[2][4] + 0.1  # infiltrates
-    assert len(set(cxr_mod._SITE_GAMMA)) == len(cxr_mod.SITES)  # each site its own detector curve
+    # each site's detector looks different, also after histogram equalisation (which undoes gamma)
+    from dpmed.preprocessing.radiograph import equalise_histogram
+
+    img = cxr_mod.render_chest([1] * 8, age=60, rng=np.random.default_rng(0), image_size=128, devices=False)
+    looks = [cxr_mod.apply_site_detector(img, s) for s in range(len(cxr_mod.SITES))]
+    rs, cs = cxr_mod.marker_box(128)
+    for a in looks:
+        assert a[rs, cs].min() == a[rs, cs].max() == cxr_mod.MARKER_VALUE and 0 <= a.min() and a.max() <= 1
+    eq = [equalise_histogram(np.round(a * 255).astype(np.uint8)).astype(float) for a in looks]
+    for i in range(len(eq)):
+        for j in range(i + 1, len(eq)):
+            assert np.abs(eq[i] - eq[j]).mean() > 2.0, (i, j)
 
 
 # ------------------------------------------------------------------- the pieces fit together

@@ -10,7 +10,8 @@ paths, as real exports do.
 
 The patients come from the four demo hospitals of :data:`SITES` (DICOM ``InstitutionName``;
 one site per patient), and the sites differ the way real federations do: in detector response
-(a per-site gamma curve and DX/CR mix, :data:`_SITE_GAMMA`, :data:`_SITE_DX`) and in label
+(:func:`apply_site_detector`: sharpness, anti-scatter grid lines, gamma; and the DX/CR mix
+:data:`_SITE_DX` — histogram equalisation undoes a gamma curve, not blur or grid lines) and in label
 prevalence (per-site shifts of the findings' latent severities, :data:`_SITE_SHIFT`), so the
 federation of study C is non-IID.
 
@@ -66,6 +67,9 @@ _SITE_SHIFT = np.array([
     [0.00, 0.00, 0.10, 0.10, -0.10, -0.10, 0.45, 0.45],
 ])
 _SITE_GAMMA = (0.80, 1.00, 1.25, 0.90)
+_SITE_BLUR = (0.0, 0.9, 0.0, 1.6)  # extra Gaussian blur (pixels at 256²): detector sharpness
+_SITE_GRID = (0.0, 0.0, 5.0, 0.0)  # period (pixels at 256²) of visible anti-scatter grid lines
+_SITE_GRID_AMP = 0.02
 _SITE_DX = (0.85, 0.55, 0.25, 0.55)
 
 #: Opacity in the "attenuation" image of the lead side marker drawn in the top-left corner.
@@ -295,6 +299,26 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
     return d.astype(np.float32)
 
 
+def apply_site_detector(img: np.ndarray, site: int) -> np.ndarray:
+    """The look of site ``site``'s detector on an attenuation image from :func:`render_chest`.
+
+    Deterministic (no random draws): extra blur, vertical grid lines and a gamma curve; values
+    stay in [0, 0.97] and the lead marker keeps :data:`MARKER_VALUE`.
+    """
+    S = img.shape[0]
+    out = img
+    if _SITE_BLUR[site] > 0:
+        out = ndimage.gaussian_filter(out, _SITE_BLUR[site] * S / 256.0)
+    out = np.clip(out, 0.0, None) ** _SITE_GAMMA[site]
+    if _SITE_GRID[site] > 0:
+        cols = np.arange(S, dtype=np.float32)
+        out = out + _SITE_GRID_AMP * np.cos(2 * np.pi * cols / (_SITE_GRID[site] * S / 256.0))[None, :]
+    out = np.clip(out, 0.0, 0.97).astype(np.float32)
+    rs, cs = marker_box(S)
+    out[rs, cs] = MARKER_VALUE
+    return out
+
+
 def generate_cxr_cohort(out_dir, *, n_patients: int, images_per_patient=(1, 3),
                         image_size: int = 256, seed: int, id_prefix: str = "CXR") -> pd.DataFrame:
     """Write a synthetic chest-radiograph cohort to ``out_dir`` and return its labels table.
@@ -342,8 +366,7 @@ def generate_cxr_cohort(out_dir, *, n_patients: int, images_per_patient=(1, 3),
         acc_base = int(rng.integers(10**7, 10**8))
         for s in range(n_img[p]):
             age = int(study_ages[s])
-            # the site's detector: gamma keeps 0 → 0 and the marker's 1 → 1
-            img = render_chest(grades[s], age=age, rng=rng, image_size=image_size) ** _SITE_GAMMA[site]
+            img = apply_site_detector(render_chest(grades[s], age=age, rng=rng, image_size=image_size), site)
             modality = "DX" if rng.random() < _SITE_DX[site] else "CR"
             bits = 12 if rng.random() < 0.5 else 16
             mono1 = rng.random() < 0.2
