@@ -105,6 +105,9 @@ def test_client_round_replies_with_decoder_weights_and_index_only(tmp_path):
     assert any(k.startswith("encoder.") for k in kept)
     with pytest.raises(DpmedError, match="site file nowhere.npz: cannot be read"):
         client_round(content, RUN, {"data-path": str(tmp_path / "nowhere.npz"), "client-index": 0}, state)
+    np.savez(tmp_path / "raw.npz", x=np.full((40, D), 3.0, np.float32), c=np.zeros((40, C), np.float32))
+    with pytest.raises(DpmedError, match="site file raw.npz: features outside"):
+        client_round(content, RUN, {"data-path": str(tmp_path / "raw.npz"), "client-index": 0}, state)
     with pytest.raises(SiteError, match="site h7: 40 training records, fewer than the batch size 64"):
         client_round(content, {**RUN, "batch-size": 64},
                      {"data-path": str(paths[0]), "client-index": 0, "site": "h7"}, state)

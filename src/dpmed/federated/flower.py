@@ -76,6 +76,9 @@ def read_site_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if x.ndim != 2 or c.ndim != 2 or len(x) != len(c) or not np.isfinite(x).all():
         raise DpmedError(f"site file {path.name}: x {x.shape} and c {c.shape} are not (n, D), (n, C) "
                          "finite arrays")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise DpmedError(f"site file {path.name}: features outside [0, 1]; scale them with the "
+                         "federation's agreed bounds (FeatureBounds.scale) before writing the file")
     return torch.from_numpy(x), torch.from_numpy(c)
 
 
