@@ -306,7 +306,10 @@ def test_linear_classifiers_local_and_federated_learn():
     (x1, y1), (x2, y2) = site(120, 0.0), site(120, 0.3)
     local = train_linear(x1, y1, "multiclass", 2, seed=0, epochs=30, lr=1e-2)
     assert site_metrics(local.predict_proba(x2), y2, "multiclass", ["n", "p"])["accuracy"] > 0.85
-    for mu in (0.0, 0.05):
+    from dpmed.federated import FEDPROX_MU
+
+    assert FEDPROX_MU == 0.05
+    for mu in (0.0, FEDPROX_MU):
         fed = federated_linear([(x1, y1), (x2, y2)], "multiclass", 2, rounds=3, local_epochs=5, seed=0,
                                prox_mu=mu, lr=1e-2, noise_seed=0)
         assert site_metrics(fed.predict_proba(x1), y1, "multiclass", ["n", "p"])["accuracy"] > 0.85

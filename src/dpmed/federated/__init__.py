@@ -16,7 +16,7 @@ import importlib
 # what one client needs, not scikit-learn and the evaluation code.
 _EXPORTS = {
     "data": ("labels_of", "read_embeddings", "site_arrays"),
-    "downstream": ("LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
+    "downstream": ("FEDPROX_MU", "LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
                    "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
     "fidelity": ("sinkhorn_w2",),
     "rounds": ("ClientState", "adam_trainer", "aggregate", "aggregation_weights", "client_update",

@@ -26,6 +26,14 @@ from dpmed.evaluation import bootstrap_replicates
 from dpmed.federated.rounds import ClientState, adam_trainer, run_in_process, shared_weights
 
 LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 1))
+#: FedProx's proximal weight in methods.md C.
+FEDPROX_MU = 0.05
+
+
+def _seeded_linear(seed: int, feature_dim: int, n_classes: int, kind: str) -> "LinearClassifier":
+    with torch.random.fork_rng(devices=[]):  # init from the config seed, global RNG untouched
+        torch.manual_seed(int(seed))
+        return LinearClassifier(feature_dim, n_classes, kind)
 
 
 class LinearClassifier(nn.Module):
@@ -61,8 +69,7 @@ def _targets(y: np.ndarray, kind: str) -> torch.Tensor:
 def train_linear(x: np.ndarray, y: np.ndarray, kind: str, n_classes: int, *, seed: int,
                  epochs: int = 100, lr: float = 1e-3, batch_size: int = 64) -> LinearClassifier:
     """A linear classifier trained with Adam (non-private: it sees local real data or synthetic data)."""
-    torch.manual_seed(int(seed))  # init from the config seed
-    model = LinearClassifier(x.shape[1], n_classes, kind)
+    model = _seeded_linear(seed, x.shape[1], n_classes, kind)
     state = ClientState("local", model, model, torch.as_tensor(x, dtype=torch.float32), _targets(y, kind))
     gen = torch.Generator().manual_seed(int(seed))
     adam_trainer(lr=lr, batch_size=batch_size)(state, epochs, gen, shared_weights(model))
@@ -73,13 +80,13 @@ def federated_linear(sites_xy: Sequence[tuple[np.ndarray, np.ndarray]], kind: st
                      rounds: int, local_epochs: int, seed: int, prox_mu: float = 0.0,
                      weights: Sequence[float] | None = None, lr: float = 1e-3, batch_size: int = 64,
                      noise_seed: int | None = None) -> LinearClassifier:
-    """FedAvg (``prox_mu = 0``) or FedProx (μ > 0) linear classifier over the sites' real data."""
-    torch.manual_seed(int(seed))
+    """FedAvg (``prox_mu = 0``) or FedProx (μ > 0, :data:`FEDPROX_MU`) linear classifier over the
+    sites' real data (non-private, as in the paper; the DP variant goes through the engine)."""
     dim = sites_xy[0][0].shape[1]
-    init = LinearClassifier(dim, n_classes, kind)
+    init = _seeded_linear(seed, dim, n_classes, kind)
     states = []
     for i, (x, y) in enumerate(sites_xy):
-        m = LinearClassifier(dim, n_classes, kind)
+        m = _seeded_linear(seed, dim, n_classes, kind)
         states.append(ClientState(f"site{i}", m, m, torch.as_tensor(x, dtype=torch.float32), _targets(y, kind)))
     final = run_in_process(states, shared_weights(init), rounds=rounds, local_epochs=local_epochs,
                            trainer=adam_trainer(lr=lr, batch_size=batch_size, prox_mu=prox_mu),
