@@ -23,9 +23,9 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict  # noqa: E402
 import dpmed  # noqa: E402
 from dpmed.errors import DpmedError, SiteError  # noqa: E402
 from dpmed.federated import ClientState, adam_trainer, run_in_process, shared_weights  # noqa: E402
-from dpmed.federated.flower import (client_round, initial_cvae, read_site_file,  # noqa: E402
-                                    write_site_file)
-from dpmed.models.cvae import label_condition  # noqa: E402
+from dpmed.federated.data import read_site_file, write_site_file  # noqa: E402
+from dpmed.federated.flower import client_round  # noqa: E402
+from dpmed.models.cvae import initial_cvae, label_condition  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

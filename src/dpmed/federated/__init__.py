@@ -15,7 +15,7 @@ import importlib
 # Submodules are imported on first use: a Flower ClientApp process (one per round) imports only
 # what one client needs, not scikit-learn and the evaluation code.
 _EXPORTS = {
-    "data": ("labels_of", "read_embeddings", "site_arrays"),
+    "data": ("labels_of", "read_embeddings", "read_site_file", "site_arrays", "write_site_file"),
     "downstream": ("FEDPROX_MU", "LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
                    "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
     "fidelity": ("sinkhorn_w2",),

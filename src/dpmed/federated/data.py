@@ -3,6 +3,7 @@
 Embeddings come from the pipeline's ``results/{dataset}/embeddings/{encoder}.h5`` (``record_id``,
 ``embedding``); labels from the manifest's ``label_<name>`` columns (0/1): the label vector itself
 for a multi-label task, the index of the single positive column for a multi-class one.
+A site's *training file* (:func:`write_site_file`) is what its SuperNode reads.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Sequence
 import h5py
 import numpy as np
 import pandas as pd
+import torch
 
-from dpmed.errors import DpmedError
+from dpmed.errors import ConfigError, DpmedError
+from dpmed.io.atomic import atomic_path
 from dpmed.federated.scaling import FeatureBounds
 from dpmed.federated.sites import SPLITS, SiteRecords
 
@@ -76,3 +79,30 @@ def site_arrays(site: SiteRecords, record_ids: np.ndarray, embeddings: np.ndarra
         y = labels_of(man.loc[ids].reset_index(), label_names, kind)
         out[split] = (x, y)
     return out
+
+
+def write_site_file(path: str | Path, x: np.ndarray, c: np.ndarray) -> None:
+    """A site's training data for its SuperNode: scaled features ``x`` (n, D) and conditions ``c`` (n, C)."""
+    x, c = np.asarray(x, np.float32), np.asarray(c, np.float32)
+    if x.ndim != 2 or c.ndim != 2 or len(x) != len(c):
+        raise ConfigError(f"site file: x {x.shape} and c {c.shape} must be (n, D) and (n, C)")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, x=x, c=c)
+
+
+def read_site_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`write_site_file`; errors name the file."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            x, c = z["x"], z["c"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DpmedError(f"site file {path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    if x.ndim != 2 or c.ndim != 2 or len(x) != len(c) or not np.isfinite(x).all():
+        raise DpmedError(f"site file {path.name}: x {x.shape} and c {c.shape} are not (n, D), (n, C) "
+                         "finite arrays")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise DpmedError(f"site file {path.name}: features outside [0, 1]; scale them with the "
+                         "federation's agreed bounds (FeatureBounds.scale) before writing the file")
+    return torch.from_numpy(x), torch.from_numpy(c)

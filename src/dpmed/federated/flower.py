@@ -8,7 +8,7 @@ One SuperLink (the server) and one SuperNode per hospital; the Flower app is def
   client-index order, uniform unless counts are declared public) and writes the final global
   decoder to the run's ``output`` path;
 * the **ClientApp** loads its site's training file (node config ``data-path``, see
-  :func:`write_site_file`), restores its CVAE (personal encoder included) from the
+  :func:`dpmed.federated.data.write_site_file`), restores its CVAE (personal encoder included) from the
   ``Context`` of earlier rounds, runs :func:`~dpmed.federated.rounds.client_update` and replies
   with the decoder's weights and its client index, nothing else (no record count, no loss).
 
@@ -28,58 +28,19 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import torch
 
-from dpmed.errors import ConfigError, DpmedError, SiteError
+from dpmed.errors import DpmedError, SiteError
+from dpmed.federated.data import read_site_file
 from dpmed.federated.rounds import (ClientState, LocalTrainer, adam_trainer, aggregate, client_update,
                                     round_generator, shared_weights)
 from dpmed.io.atomic import atomic_path
-from dpmed.models.cvae import CVAE
+from dpmed.models.cvae import initial_cvae
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
-
-
-# ------------------------------------------------------------------------ models and data
-def initial_cvae(feature_dim: int, n_classes: int, seed: int, client_index: int | None = None) -> CVAE:
-    """A CVAE initialised from the config seed: the server's (``client_index=None``) or a client's.
-
-    The in-process run and the Flower apps build their models with this function, so the same
-    seed gives the same initial weights everywhere.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed) if client_index is None else int(seed) * 1000 + 1 + int(client_index))
-        return CVAE(int(feature_dim), int(n_classes))
-
-
-def write_site_file(path: str | Path, x: np.ndarray, c: np.ndarray) -> None:
-    """A site's training data for its SuperNode: scaled features ``x`` (n, D) and conditions ``c`` (n, C)."""
-    x, c = np.asarray(x, np.float32), np.asarray(c, np.float32)
-    if x.ndim != 2 or c.ndim != 2 or len(x) != len(c):
-        raise ConfigError(f"site file: x {x.shape} and c {c.shape} must be (n, D) and (n, C)")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, x=x, c=c)
-
-
-def read_site_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`write_site_file`; errors name the file."""
-    path = Path(path)
-    try:
-        with np.load(path) as z:
-            x, c = z["x"], z["c"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise DpmedError(f"site file {path.name}: cannot be read ({type(exc).__name__}: {exc})") from exc
-    if x.ndim != 2 or c.ndim != 2 or len(x) != len(c) or not np.isfinite(x).all():
-        raise DpmedError(f"site file {path.name}: x {x.shape} and c {c.shape} are not (n, D), (n, C) "
-                         "finite arrays")
-    if len(x) and (x.min() < 0 or x.max() > 1):
-        raise DpmedError(f"site file {path.name}: features outside [0, 1]; scale them with the "
-                         "federation's agreed bounds (FeatureBounds.scale) before writing the file")
-    return torch.from_numpy(x), torch.from_numpy(c)
 
 
 # -------------------------------------------------------------------------------- server

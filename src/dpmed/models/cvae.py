@@ -137,6 +137,17 @@ class CVAE(nn.Module):
         return self.decoder(z, c)
 
 
+def initial_cvae(feature_dim: int, n_classes: int, seed: int, client_index: int | None = None) -> CVAE:
+    """A CVAE initialised from the config seed: the server's (``client_index=None``) or a client's.
+
+    The in-process run and the Flower apps build their models with this function, so the same
+    seed gives the same initial weights everywhere.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) if client_index is None else int(seed) * 1000 + 1 + int(client_index))
+        return CVAE(int(feature_dim), int(n_classes))
+
+
 class CGANGenerator(nn.Module):
     """DP-CGAN generator: Linear(100+C→512)–LReLU–Linear(512→1024)–LReLU–Linear(1024→D)–Sigmoid.
 
