@@ -170,7 +170,7 @@ def test_superlink_and_two_supernodes_match_the_in_process_run(tmp_path):
         f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),  # flower-superexec
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(dpmed.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     procs = []
     try:
