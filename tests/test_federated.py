@@ -143,6 +143,28 @@ def test_site_arrays_align_embeddings_labels_and_splits(tmp_path):
         read_embeddings(tmp_path / "bad.h5")
 
 
+def test_federation_guarantee_is_the_worst_site_and_keeps_what_touched_data():
+    from dpmed.federated import federation_guarantee
+    from dpmed.privacy.guarantee import Guarantee, no_guarantee
+
+    def client(eps, delta):
+        return Guarantee("central", "record", eps, delta, "dp-sgd", not_guaranteed=("validation records",))
+    bounds = public_bounds(np.zeros((3, 2)) + np.arange(2), "PUB").non_private_input()
+    _, counts = aggregation_weights(2, "counts", [10, 30])
+    g = federation_guarantee([client(0.8, 1e-5), client(1.2, 1e-4)], released="global decoder",
+                             non_private_inputs=[bounds, counts])
+    assert g.kind == "derived" and g.unit == "record"
+    assert g.epsilon == 1.2 and g.delta == 1e-4  # a record is at one site: the worst site's (ε, δ)
+    assert bounds in g.non_private_inputs and counts in g.non_private_inputs
+    assert g.not_guaranteed[0].startswith("a whole site") and g.not_guaranteed.count("validation records") == 1
+    assert len(g.derived_from) == 2
+    none = federation_guarantee([client(1.0, 1e-5), no_guarantee(reason="non-private")], released="x")
+    assert not none.holds
+    with pytest.raises(Exception, match="different units"):
+        federation_guarantee([client(1.0, 1e-5), Guarantee("central", "patient", 1.0, 1e-5, "dp-sgd")],
+                             released="x")
+
+
 # ------------------------------------------------------------------------------------ bounds
 def test_public_bounds_clip_private_values_and_say_where_they_came_from():
     pub = np.array([[0.0, -2.0], [1.0, 2.0], [0.5, 0.0]])

@@ -19,6 +19,7 @@ _EXPORTS = {
     "downstream": ("FEDPROX_MU", "LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
                    "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
     "fidelity": ("sinkhorn_w2",),
+    "guarantee": ("federation_guarantee",),
     "rounds": ("ClientState", "adam_trainer", "aggregate", "aggregation_weights", "client_update",
                "round_generator", "run_in_process", "shared_weights"),
     "scaling": ("FeatureBounds", "fixed_bounds", "public_bounds"),
