@@ -64,3 +64,14 @@ class BadRecordError(DataError):
 
 class PrivacyError(DpmedError):
     """A model or setting cannot be trained with the requested privacy guarantee."""
+
+
+class SiteError(DpmedError, ValueError):
+    """A federated site's data cannot be used (too few records, a class missing ...).
+
+    Messages name the site by its pseudonym (never the institution's name) and the reason.
+    """
+
+
+class ModelFileError(DpmedError):
+    """A user-supplied model file (e.g. an encoder) does not load or does not fit; names the file."""

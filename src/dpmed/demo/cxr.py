@@ -8,6 +8,13 @@ CR files, and MONOCHROME1 (inverted polarity) on some files. Identifying headers
 values; the folder layout ``images/{PatientID}/{AccessionNumber}.dcm`` puts identifiers in the
 paths, as real exports do.
 
+The patients come from the four demo hospitals of :data:`SITES` (DICOM ``InstitutionName``;
+one site per patient), and the sites differ the way real federations do: in detector response
+(:func:`apply_site_detector`: sharpness, anti-scatter grid lines, gamma; and the DX/CR mix
+:data:`_SITE_DX` — histogram equalisation undoes a gamma curve, not blur or grid lines) and in label
+prevalence (per-site shifts of the findings' latent severities, :data:`_SITE_SHIFT`), so the
+federation of study C is non-IID.
+
 The same function also produces the disjoint *public* pretraining cohort: call it with another
 ``id_prefix`` (and seed). PatientIDs are ``f"{id_prefix}{number:06d}"`` with a fixed-width
 number, so the prefix is recoverable from every ID and two cohorts generated with different
@@ -47,6 +54,23 @@ _STUDY_SD = 0.45
 
 # Rescale (slope, intercept) pairs used on some CR files; DX files keep the identity.
 _RESCALES = ((0.5, -1024.0), (2.0, 0.0), (1.0, -512.0), (0.25, 100.0))
+
+#: The demo hospitals (``InstitutionName``); each patient belongs to one.
+SITES = tuple(_dicom._INSTITUTIONS)
+# Per site: shift of the latent severity of each finding (prevalence differs by site: an ICU-heavy
+# general hospital sees more cardiac decompensation, a university clinic more pneumonia, a county
+# hospital more outpatients), detector gamma on the attenuation image and P(modality = DX).
+_SITE_SHIFT = np.array([
+    [0.45, 0.45, 0.30, 0.30, 0.00, 0.00, 0.10, 0.10],
+    [-0.10, -0.10, 0.00, 0.00, 0.50, 0.50, 0.00, 0.00],
+    [-0.40, -0.40, -0.35, -0.35, -0.30, -0.30, -0.20, -0.20],
+    [0.00, 0.00, 0.10, 0.10, -0.10, -0.10, 0.45, 0.45],
+])
+_SITE_GAMMA = (0.80, 1.00, 1.25, 0.90)
+_SITE_BLUR = (0.0, 0.9, 0.0, 1.6)  # extra Gaussian blur (pixels at 256²): detector sharpness
+_SITE_GRID = (0.0, 0.0, 5.0, 0.0)  # period (pixels at 256²) of visible anti-scatter grid lines
+_SITE_GRID_AMP = 0.02
+_SITE_DX = (0.85, 0.55, 0.25, 0.55)
 
 #: Opacity in the "attenuation" image of the lead side marker drawn in the top-left corner.
 MARKER_VALUE = 1.0
@@ -275,6 +299,26 @@ def render_chest(grades, *, age: float, rng: np.random.Generator, image_size: in
     return d.astype(np.float32)
 
 
+def apply_site_detector(img: np.ndarray, site: int) -> np.ndarray:
+    """The look of site ``site``'s detector on an attenuation image from :func:`render_chest`.
+
+    Deterministic (no random draws): extra blur, vertical grid lines and a gamma curve; values
+    stay in [0, 0.97] and the lead marker keeps :data:`MARKER_VALUE`.
+    """
+    S = img.shape[0]
+    out = img
+    if _SITE_BLUR[site] > 0:
+        out = ndimage.gaussian_filter(out, _SITE_BLUR[site] * S / 256.0)
+    out = np.clip(out, 0.0, None) ** _SITE_GAMMA[site]
+    if _SITE_GRID[site] > 0:
+        cols = np.arange(S, dtype=np.float32)
+        out = out + _SITE_GRID_AMP * np.cos(2 * np.pi * cols / (_SITE_GRID[site] * S / 256.0))[None, :]
+    out = np.clip(out, 0.0, 0.97).astype(np.float32)
+    rs, cs = marker_box(S)
+    out[rs, cs] = MARKER_VALUE
+    return out
+
+
 def generate_cxr_cohort(out_dir, *, n_patients: int, images_per_patient=(1, 3),
                         image_size: int = 256, seed: int, id_prefix: str = "CXR") -> pd.DataFrame:
     """Write a synthetic chest-radiograph cohort to ``out_dir`` and return its labels table.
@@ -310,19 +354,20 @@ def generate_cxr_cohort(out_dir, *, n_patients: int, images_per_patient=(1, 3),
         pid = f"{id_prefix}{p + 1:06d}"
         sex = str(sexes[p])
         name = _dicom.fake_name(rng, sex)
-        institution = _dicom.fake_institution(rng)
+        site = int(rng.integers(len(SITES)))  # the same draw fake_institution makes
+        institution = SITES[site]
         first = _dicom.REFERENCE_DATE + _dt.timedelta(days=int(rng.integers(0, 2200)))
         birth = _dicom.birth_date_for(first, int(ages[p]), rng)
         gaps = np.concatenate([[0], np.cumsum(rng.integers(1, 400, n_img[p] - 1))])
         dates = [first + _dt.timedelta(days=int(x)) for x in gaps]
         study_ages = np.array([_dicom.age_on(birth, dt) for dt in dates])
         grades = sample_grades(rng, study_ages, np.full(n_img[p], card[p]),
-                               np.repeat(offs[p][None, :], n_img[p], axis=0))
+                               np.repeat((offs[p] + _SITE_SHIFT[site])[None, :], n_img[p], axis=0))
         acc_base = int(rng.integers(10**7, 10**8))
         for s in range(n_img[p]):
             age = int(study_ages[s])
-            img = render_chest(grades[s], age=age, rng=rng, image_size=image_size)
-            modality = "DX" if rng.random() < 0.55 else "CR"
+            img = apply_site_detector(render_chest(grades[s], age=age, rng=rng, image_size=image_size), site)
+            modality = "DX" if rng.random() < _SITE_DX[site] else "CR"
             bits = 12 if rng.random() < 0.5 else 16
             mono1 = rng.random() < 0.2
             slope, intercept = 1.0, 0.0

@@ -1,33 +1,29 @@
-"""dpmed.models: ResNet9-GN (2D) and its ACS 3D variant; MCGAN (:mod:`dpmed.models.mcgan`).
+"""dpmed.models: ResNet9-GN (2D) and its ACS 3D variant; MCGAN of study B (:mod:`.mcgan`);
+the CVAE and DP-CGAN of study C (:mod:`.cvae`); user-supplied encoder files (:mod:`.encoders`).
 
-Importing this package registers the Opacus per-sample gradient sampler of
-:class:`~dpmed.models.acs.ACSConv3d`.
+Importing :mod:`dpmed.models.acs` (which :mod:`.resnet9` does) registers the Opacus
+per-sample gradient sampler of :class:`~dpmed.models.acs.ACSConv3d`. Names are imported on
+first use, so a process that needs only the CVAE (a Flower ClientApp, started once per round)
+does not import Opacus.
 """
 
-from dpmed.models.acs import ACSConv3d, acs_split
-from dpmed.models.mcgan import MCGANDiscriminator, MCGANGenerator, MCGANSettings, build_mcgan
-from dpmed.models.resnet9 import (
-    ResNet9,
-    build_model,
-    convert_2d_weights_to_acs,
-    count_parameters,
-    expected_num_parameters,
-    gn_groups,
-    stage_channels,
-)
+import importlib
 
-__all__ = [
-    "ACSConv3d",
-    "MCGANDiscriminator",
-    "MCGANGenerator",
-    "MCGANSettings",
-    "ResNet9",
-    "acs_split",
-    "build_mcgan",
-    "build_model",
-    "convert_2d_weights_to_acs",
-    "count_parameters",
-    "expected_num_parameters",
-    "gn_groups",
-    "stage_channels",
-]
+_EXPORTS = {
+    "acs": ("ACSConv3d", "acs_split"),
+    "mcgan": ("MCGANDiscriminator", "MCGANGenerator", "MCGANSettings", "build_mcgan"),
+    "resnet9": ("ResNet9", "build_model", "convert_2d_weights_to_acs", "count_parameters",
+                "expected_num_parameters", "gn_groups", "stage_channels"),
+}
+_MODULE_OF = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,41 @@
+"""dpmed.federated — study C: DP conditional VAEs on embeddings, shared across hospitals.
+
+* :mod:`.sites` — which site each record belongs to (manifest column or Dirichlet label skew),
+  per-site splits, checks;
+* :mod:`.data` — a site's scaled embeddings and labels per split;
+* :mod:`.scaling` — feature bounds that do not come from private data;
+* :mod:`.rounds` — the round loop (:func:`client_update`, :func:`aggregate`), in process;
+* :mod:`.flower` — the same functions under Flower's deployment engine;
+* :mod:`.synthetic` — per-site synthetic global data; :mod:`.downstream` — λ-interpolated linear
+  classifiers, FedAvg/FedProx baselines, metrics; :mod:`.fidelity` — Sinkhorn W₂.
+"""
+
+import importlib
+
+# Submodules are imported on first use: a Flower ClientApp process (one per round) imports only
+# what one client needs, not scikit-learn and the evaluation code.
+_EXPORTS = {
+    "data": ("labels_of", "read_embeddings", "read_site_file", "site_arrays", "write_site_file"),
+    "downstream": ("FEDPROX_MU", "LAMBDAS", "LinearClassifier", "choose_lambda", "federated_linear",
+                   "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
+    "fidelity": ("sinkhorn_w2",),
+    "guarantee": ("federation_guarantee",),
+    "rounds": ("ClientState", "adam_trainer", "aggregate", "aggregation_weights", "client_update",
+               "round_generator", "run_in_process", "shared_weights"),
+    "scaling": ("FeatureBounds", "fixed_bounds", "public_bounds"),
+    "sites": ("SiteRecords", "check_site", "dirichlet_label_skew", "sites_from_column",
+              "sites_from_dirichlet"),
+    "synthetic": ("LabelDistribution", "public_labels", "synthesize", "uniform_labels"),
+}
+_MODULE_OF = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+
+
+def __dir__():
+    return __all__
