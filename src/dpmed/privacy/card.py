@@ -19,7 +19,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +33,7 @@ __all__ = [
     "write_privacy_card",
     "read_privacy_card",
     "card_to_json",
+    "render_guarantee",
 ]
 
 CARD_SCHEMA_VERSION = 1
@@ -306,6 +306,53 @@ def build_privacy_card(
     return card
 
 
+# ----------------------------------------------------------------------------- from a Guarantee
+def render_guarantee(g, *, max_records_per_patient: int | None = None, epochs: float | None = None,
+                     extra_not_guaranteed: Iterable[str] = ()) -> dict[str, Any]:
+    """The card of a typed :class:`~dpmed.privacy.guarantee.Guarantee` from the training engine.
+
+    A central DP-SGD guarantee renders as :func:`build_privacy_card` does, with ε recomputed
+    from the card's own ``history`` (the steps actually run), plus what the guarantee treats as
+    public (N and the per-patient record count), where the noise came from, the numerics and a
+    δ ≥ 1/N flag. Any other kind renders as a card without a guarantee, its reason first.
+    ``g.to_dict()`` is kept whole under ``"typed_guarantee"``.
+    """
+    npi = [x.to_dict() for x in g.non_private_inputs]
+    treated_public = []
+    if max_records_per_patient is not None:
+        treated_public.append(f"max_records_per_patient = {max_records_per_patient}: computed from the training "
+                              "records and treated as public (it only scales the per-patient statement)")
+    if g.kind != "central":
+        card = build_privacy_card(mechanism="none", epochs=epochs, unit=g.unit if g.unit != "site" else "record",
+                                  max_records_per_patient=max_records_per_patient, non_private_inputs=npi,
+                                  released=g.released or None,
+                                  extra_not_guaranteed=list(g.not_guaranteed) + list(extra_not_guaranteed))
+        card["guarantee"] = "None: " + (g.not_guaranteed[0] if g.not_guaranteed else "no DP guarantee")
+    else:
+        p = g.parameters
+        card = build_privacy_card(
+            mechanism=g.mechanism, accountant=p["accountant"], dp_accountant={
+                "version": 1, "noise_multiplier": p["noise_multiplier"], "sample_rate": p["sample_rate"],
+                "history": p["history"]},
+            epochs=epochs, max_grad_norm=p["max_grad_norm"], delta=g.delta, epsilon_target=g.epsilon_target,
+            unit=g.unit, max_records_per_patient=max_records_per_patient, non_private_inputs=npi,
+            released=g.released or None, extra_not_guaranteed=list(g.not_guaranteed) + list(extra_not_guaranteed))
+        card["n_records"] = p["n_records"]
+        card["batch_size"] = p["batch_size"]
+        card["adjacency"] = p["adjacency"]
+        card["weak_delta"] = bool(p["delta_times_n"] >= 1)
+        card["delta_times_n"] = p["delta_times_n"]
+        card["numerics"] = p["numerics"]
+        card["grad_sample_mode"] = p["grad_sample_mode"]
+        treated_public.insert(0, f"N = {p['n_records']} training records (q = batch_size / N, the steps and σ "
+                                 "depend on it; add/remove-one adjacency with the dataset size public)")
+    card["kind"] = g.kind
+    card["noise_source"] = g.noise_source
+    card["treated_as_public"] = treated_public
+    card["typed_guarantee"] = g.to_dict()
+    return card
+
+
 # ----------------------------------------------------------------------------- CADP card
 def build_cadp_card(
     *,
@@ -419,23 +466,12 @@ def card_to_json(card: Mapping[str, Any]) -> str:
 
 
 def write_privacy_card(path: str | os.PathLike, card: Mapping[str, Any]) -> Path:
-    """Write the card atomically (temp file in the same directory, fsync, os.replace)."""
+    """Write the card atomically (:func:`dpmed.io.atomic.write_text`)."""
+    from dpmed.io.atomic import write_text
+
     path = Path(path)
-    text = card_to_json(card)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_text(card_to_json(card), path)
     return path
 
 
