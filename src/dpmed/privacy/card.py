@@ -331,7 +331,8 @@ def render_guarantee(g, *, max_records_per_patient: int | None = None, epochs: f
     else:
         p = g.parameters
         card = build_privacy_card(
-            mechanism=g.mechanism, accountant=p["accountant"], dp_accountant={
+            mechanism=g.mechanism, accountant=p["accountant"], noise_multiplier=p["noise_multiplier"],
+            sample_rate=p["sample_rate"], dp_accountant={
                 "version": 1, "noise_multiplier": p["noise_multiplier"], "sample_rate": p["sample_rate"],
                 "history": p["history"]},
             epochs=epochs, max_grad_norm=p["max_grad_norm"], delta=g.delta, epsilon_target=g.epsilon_target,
