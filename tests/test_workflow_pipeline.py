@@ -57,7 +57,8 @@ def test_every_model_has_its_contract(tiny_run):
         assert card["max_records_per_patient"] >= 1
         # the guarantee as released: secret noise, N treated as public, epsilon re-derivable
         assert card["kind"] == "central" and "OS entropy" in card["noise_source"]
-        assert card["n_records"] == round(card["sample_rate"] * card["n_records"] / card["sample_rate"])
+        n_train = int((manifest["split"] == "train").sum())
+        assert card["n_records"] == n_train and card["sample_rate"] == pytest.approx(card["batch_size"] / n_train)
         assert any("N = " in item for item in card["treated_as_public"])
         log = (workdir / f"logs/{dataset}/classifiers/dpsgd_eps_{eps}_seed_0.log").read_text()
         progress = [line for line in log.splitlines() if " epoch " in line and " eta " in line]
