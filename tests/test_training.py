@@ -144,6 +144,31 @@ def test_checkpoint_of_other_run_refused(cohort, tmp_path, monkeypatch):
         _run(cohort, tmp_path, math.inf, seed=99, settings={"epochs": 1})
 
 
+@pytest.mark.parametrize("change", ["label", "image"])
+def test_resume_refused_when_the_training_data_changed(tmp_path, monkeypatch, change):
+    """The fingerprint hashes what the run reads (image bytes and labels), not only the record ids."""
+    import h5py
+
+    paths, man = make_cohort(tmp_path / "c", sizes=(24, 8, 8), size=16)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda e, c: (_ for _ in ()).throw(engine_trainer._Stop()))
+    run = dict(train_h5=paths["train"], val_h5=paths["val"], test_h5=None, labels=LABELS, epsilon=4.0, seed=1,
+               outputs=clf.ClassifierOutputs.in_folder(tmp_path / "o"), checkpoint=tmp_path / "private" / "c.pt",
+               settings={"epochs": 2, "batch_size": 8, "lr": 1e-3, "delta": DELTA, "accountant": "rdp"},
+               model_cfg={**CFG, "activation": "mish"})
+    with pytest.raises(engine_trainer._Stop):
+        clf.train_classifier(manifest=man, **run)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda e, c: None)
+    df = pd.read_parquet(man)
+    if change == "label":  # same ids, one training label flipped
+        row = df.index[df["record_id"] == "train-0003"][0]
+        df.loc[row, "label_blob_a"] = 1 - df.loc[row, "label_blob_a"]
+    else:  # same ids and labels, one pixel of one training image changed
+        with h5py.File(paths["train"], "r+") as fh:
+            fh["images"][3, 0, 0] = (int(fh["images"][3, 0, 0]) + 1) % 256
+    with pytest.raises(ConfigError, match="different"):
+        clf.train_classifier(manifest=df, **run)
+
+
 # ----------------------------------------------------------------------------- DP run
 def test_dp_run_card_plan_predictions(cohort, tmp_path, monkeypatch):
     def spy(*a, **k):  # must never be called under DP
@@ -169,6 +194,10 @@ def test_dp_run_card_plan_predictions(cohort, tmp_path, monkeypatch):
     assert card["noise_multiplier"] == calibrate_noise_multiplier(target, DELTA, q, steps, accountant="prv",
                                                                   rel_tol=0.01)
     assert card["max_records_per_patient"] == 2
+    # N and the per-patient count come from the private data: the card says they are treated as public
+    assert card["n_records"] == n_train and "public" in card["adjacency"]
+    assert any("max_records_per_patient" in t for t in card["treated_as_public"])
+    assert any(f"N = {n_train}" in t for t in card["treated_as_public"])
     assert card["per_patient_guarantee"]["epsilon"] == pytest.approx(2 * card["epsilon_spent"])
     whats = " ".join(e["what"] + e["source"] for e in card["non_private_inputs"])
     assert "public cohort X" in whats and "normalisation" in whats
