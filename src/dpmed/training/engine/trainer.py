@@ -156,8 +156,7 @@ class PrivateTrainer:
         rows = []
         for _ in range(int(n)):
             t0 = time.perf_counter()
-            with full_float32() if self.plan.private else contextlib.nullcontext():
-                loss = self._private_epoch(step, after_step) if self.plan.private else self._public_epoch(step, after_step)
+            loss = self._private_epoch(step, after_step) if self.plan.private else self._public_epoch(step, after_step)
             rows.append(self._end_epoch(loss, t0, evaluate, task_state))
         return rows
 
@@ -243,9 +242,10 @@ class PrivateTrainer:
         priv = self.privatiser
         priv.reset()
         if batch is not None:
-            for chunk in split_batch(to_device(batch, self.device), self.settings.physical):
-                priv.begin()
-                priv.clip_accumulate(step(priv.model, chunk))
+            with full_float32():  # the clipping norms (the sensitivity) in full float32
+                for chunk in split_batch(to_device(batch, self.device), self.settings.physical):
+                    priv.begin()
+                    priv.clip_accumulate(step(priv.model, chunk))
         std = self.plan.noise_multiplier * priv.max_grad_norm
         for p, s in zip(priv.params, priv.summed):
             noise = torch.normal(0.0, std, p.shape, generator=self.generators["noise"], device=p.device, dtype=p.dtype)
