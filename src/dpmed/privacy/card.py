@@ -322,6 +322,8 @@ def render_guarantee(g, *, max_records_per_patient: int | None = None, epochs: f
     if max_records_per_patient is not None:
         treated_public.append(f"max_records_per_patient = {max_records_per_patient}: computed from the training "
                               "records and treated as public (it only scales the per-patient statement)")
+    if g.kind in ("derived", "composed", "local"):
+        return _render_generic(g, treated_public, max_records_per_patient, extra_not_guaranteed)
     if g.kind != "central":
         card = build_privacy_card(mechanism="none", epochs=epochs, unit=g.unit if g.unit != "site" else "record",
                                   max_records_per_patient=max_records_per_patient, non_private_inputs=npi,
@@ -352,6 +354,26 @@ def render_guarantee(g, *, max_records_per_patient: int | None = None, epochs: f
     card["treated_as_public"] = treated_public
     card["typed_guarantee"] = g.to_dict()
     return card
+
+
+def _render_generic(g, treated_public, k, extra_not_guaranteed) -> dict[str, Any]:
+    """Card of a derived (post-processing), composed or local guarantee: its ε, δ and sources."""
+    how = {"derived": "inherited by post-processing from", "composed": "composed from",
+           "local": "a local guarantee"}[g.kind]
+    text = (f"{g.kind.capitalize()} ({_fmt(g.epsilon)}, {g.delta if g.delta is not None else 0:g})-differential "
+            f"privacy for {g.released}, per {g.unit}, {how}"
+            + (" " + ", ".join(d.mechanism for d in g.derived_from) if g.derived_from else "") + ".")
+    return {
+        "schema_version": CARD_SCHEMA_VERSION, "kind": g.kind, "mechanism": g.mechanism,
+        "guarantee_type": "local" if g.kind == "local" else "central", "epsilon_spent": float(g.epsilon),
+        "epsilon_target": g.epsilon_target, "delta": g.delta, "unit": g.unit,
+        "max_records_per_patient": k,
+        "per_patient_guarantee": _per_patient(float(g.epsilon), g.delta, g.unit if g.unit != "site" else "record", k),
+        "parameters": dict(g.parameters), "non_private_inputs": [x.to_dict() for x in g.non_private_inputs],
+        "released": g.released, "guarantee": text, "noise_source": g.noise_source,
+        "not_guaranteed": list(g.not_guaranteed) + list(extra_not_guaranteed),
+        "treated_as_public": treated_public, "typed_guarantee": g.to_dict(),
+    }
 
 
 # ----------------------------------------------------------------------------- CADP card
