@@ -1,5 +1,6 @@
 # Shared set-up: config validation (defaults filled, unknown keys refused) and helpers.
 import copy
+import os
 
 from dpmed.config import load_schema, validate_config
 
@@ -87,7 +88,7 @@ def classifier_dir(dataset, method="{method}", eps="{eps}", seed="{seed}"):
 def private_checkpoint(*parts):
     """A training checkpoint's path under the private directory: it holds the run's secret
     noise seed, so it must never be under results/ or logs/."""
-    return "/".join([PRIVATE, "checkpoints", *parts]) + ".pt"
+    return os.path.join(PRIVATE, "checkpoints", *parts) + ".pt"
 
 
 def model_cfg(dataset):
