@@ -99,6 +99,9 @@ def _non_private_inputs(items: Iterable[Mapping[str, str]] | None) -> list[dict[
 
 
 def _per_patient(eps: float, delta: float | None, unit: str, k: int | None) -> dict[str, Any]:
+    if unit == "site":
+        return {"epsilon": eps, "delta": delta,
+                "method": "the privacy unit is a whole site: each patient is covered as part of their site"}
     if unit == "patient":
         return {
             "epsilon": eps,
@@ -171,8 +174,8 @@ def build_privacy_card(
         raise PrivacyError("use build_cadp_card() for the local CADP mechanism")
     if mechanism not in DPSGD_MECHANISMS + ("none",):
         raise PrivacyError(f"unknown mechanism {mechanism!r}; choose one of {', '.join(DPSGD_MECHANISMS + ('none',))}")
-    if unit not in ("record", "patient"):
-        raise PrivacyError(f"unit must be 'record' or 'patient', got {unit!r}")
+    if unit not in ("record", "patient", "site"):
+        raise PrivacyError(f"unit must be 'record', 'patient' or 'site', got {unit!r}")
     npi = _non_private_inputs(non_private_inputs)
     generator = mechanism in ("dp-cvae", "dp-generator")
     released = released or (
@@ -248,7 +251,8 @@ def build_privacy_card(
         eps = epsilon_for_history([(sigma, q, steps)], d, acc_name)
         eps_source = f"{acc_name} accountant for {steps} steps of (noise_multiplier, sample_rate)"
 
-    unit_words = "one record (image)" if unit == "record" else "one patient (all of their records)"
+    unit_words = {"record": "one record (image)", "patient": "one patient (all of their records)",
+                  "site": "one site (all of its records)"}[unit]
     if math.isinf(eps):
         guarantee = f"None: ε = inf (noise multiplier {sigma:g}); {released} carry no DP guarantee."
     else:
@@ -325,7 +329,7 @@ def render_guarantee(g, *, max_records_per_patient: int | None = None, epochs: f
     if g.kind in ("derived", "composed", "local"):
         return _render_generic(g, treated_public, max_records_per_patient, extra_not_guaranteed)
     if g.kind != "central":
-        card = build_privacy_card(mechanism="none", epochs=epochs, unit=g.unit if g.unit != "site" else "record",
+        card = build_privacy_card(mechanism="none", epochs=epochs, unit=g.unit,
                                   max_records_per_patient=max_records_per_patient, non_private_inputs=npi,
                                   released=g.released or None,
                                   extra_not_guaranteed=list(g.not_guaranteed) + list(extra_not_guaranteed))
@@ -368,7 +372,7 @@ def _render_generic(g, treated_public, k, extra_not_guaranteed) -> dict[str, Any
         "guarantee_type": "local" if g.kind == "local" else "central", "epsilon_spent": float(g.epsilon),
         "epsilon_target": g.epsilon_target, "delta": g.delta, "unit": g.unit,
         "max_records_per_patient": k,
-        "per_patient_guarantee": _per_patient(float(g.epsilon), g.delta, g.unit if g.unit != "site" else "record", k),
+        "per_patient_guarantee": _per_patient(float(g.epsilon), g.delta, g.unit, k),
         "parameters": dict(g.parameters), "non_private_inputs": [x.to_dict() for x in g.non_private_inputs],
         "released": g.released, "guarantee": text, "noise_source": g.noise_source,
         "not_guaranteed": list(g.not_guaranteed) + list(extra_not_guaranteed),
