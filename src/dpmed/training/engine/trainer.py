@@ -110,7 +110,7 @@ class PrivateTrainer:
         saved = self._read_checkpoint()
         sigma = None if saved is None else saved["plan"]["noise_multiplier"]
         self.plan = DPPlan.make(settings, len(dataset), noise_multiplier=sigma)
-        self.secret = draw_secret_seed(self.seed) if saved is None else SecretSeed(**saved["secret"])
+        self.secret = draw_secret_seed(self.seed)
         self.generators = make_generators(self.seed, self.secret, self.device)
         self.accountant = DPSGDAccountant(self.plan.noise_multiplier, self.plan.sample_rate) if self.plan.private else None
         self.epochs_done = 0
@@ -118,7 +118,7 @@ class PrivateTrainer:
         self.resumed_from: int | None = None
         self.task_state: Any = None
         if saved is not None:
-            self._load(saved)
+            self.load_state_dict(saved)
         self._warn_weak_delta()
 
     # ------------------------------------------------------------------ public API
@@ -323,10 +323,15 @@ class PrivateTrainer:
                               "delete it to start afresh (refusing to mix two runs)")
         return saved
 
-    def _load(self, saved: dict) -> None:
-        if saved["plan"]["n_records"] != self.plan.n_records:
-            raise ConfigError(f"{self.checkpoint}: planned for {saved['plan']['n_records']} records, "
-                              f"the dataset has {self.plan.n_records}")
+    def load_state_dict(self, saved: dict) -> None:
+        """Continue the run ``saved`` (from :meth:`state_dict`): same fingerprint, same plan."""
+        if saved.get("version") != CHECKPOINT_VERSION or saved.get("fingerprint") != self.fingerprint:
+            raise ConfigError("the saved state was written by a run with different inputs/settings")
+        plan = saved["plan"]
+        if (plan["n_records"], plan["noise_multiplier"], plan["sample_rate"]) != (
+                self.plan.n_records, self.plan.noise_multiplier, self.plan.sample_rate):
+            raise ConfigError(f"the saved state was planned for {plan}, this run for {self.plan}")
+        self.secret = SecretSeed(**saved["secret"])
         self.raw_model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.accountant is not None:
