@@ -82,6 +82,8 @@ def sklearn_loop(df, spec, n_redraws, seed, redraws_to_time, budget_s):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu"],
+                    help="where tensors are built; this benchmark runs numpy/scipy code on the CPU only")
     ap.add_argument("--n", type=int, default=40_000)
     ap.add_argument("--redraws", type=int, default=1000)
     ap.add_argument("--baseline-seconds", type=float, default=15.0)

@@ -117,6 +117,8 @@ def bench_calibration(
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu"],
+                    help="where tensors are built; this benchmark runs numpy/scipy code on the CPU only")
     ap.add_argument("--skip-opacus", action="store_true", help="do not run Opacus' get_noise_multiplier (minutes)")
     ap.add_argument("--opacus-epsilon", type=float, default=7.89)
     ap.add_argument("--epsilons", default=",".join(str(e) for e in EPSILONS))

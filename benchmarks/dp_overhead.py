@@ -1,24 +1,23 @@
-"""Benchmark: cost of DP-SGD per training step of ResNet9-GN (2D), per Opacus grad_sample_mode.
+"""Benchmark: cost of DP-SGD per training step of ResNet9-GN (2D), per grad_sample_mode.
 
-Measures one optimizer step (zero_grad, forward, loss, backward, step) of
+Measures one optimizer step on one batch of
 
-* ``nonprivate``: the plain model + NAdam + BCEWithLogitsLoss;
-* ``hooks`` / ``functorch`` / ``ew`` / ``ghost``: the same model made private with
-  :func:`dpmed.training.dp.make_private` through Opacus (noise multiplier 1.0, C = 1.5; flat
-  per-sample clipping, verified exact by ``tests/test_models.py``);
-* ``bk``: dpmed's single-pass exact clipping (book-keeping: activation-only backward, exact
-  per-sample norms per layer by a shape-based choice of instantiated gradients or ghost Gram
-  norms; instantiated gradients no larger than the layer input are kept and summed with the
-  clip factors, the other layers get one re-weighted weight-gradient call; Opacus optimizer
-  and accountant).
+* ``nonprivate``: the plain model + NAdam, backward of the mean per-sample weighted BCE (what
+  the engine's non-private loop does per batch);
+* ``bk`` / ``hooks`` / ``functorch``: the engine's private step
+  (:meth:`dpmed.training.engine.PrivateTrainer.private_step`): per-sample clipping to C = 1.5
+  (``bk``: dpmed's single-pass exact clipping; ``hooks``/``functorch``: Opacus' per-sample
+  gradients), Gaussian noise from the secret generator, the mean over the expected batch size,
+  NAdam's step and one accountant step. Exactness is tested in tests/test_models.py and
+  tests/test_bk.py.
 
 All variants use the *same* architecture and activation (Mish, the DP choice), so the ratio is
 the cost of privacy alone. Variants are measured interleaved in one process: each round runs
 every variant once (order rotated each round), after warm-up; the medians over rounds are
-reported with the DP / non-private ratio.
+reported with the DP / non-private ratio. Tensors and model live on ``--device``.
 
-Usage: ``.venv/bin/python benchmarks/dp_overhead.py [--batch 32] [--size 128] [--width 1.0]
-[--rounds 5] [--threads 1] [--modes hooks,functorch,ew,ghost] [--skip-opacus-calibration]``
+Usage: ``.venv/bin/python benchmarks/dp_overhead.py [--device cpu] [--batch 32] [--size 128]
+[--width 1.0] [--rounds 5] [--threads 1] [--modes bk,hooks,functorch] [--skip-opacus-calibration]``
 
 At the end it calls ``bench_calibration()`` from ``benchmarks/calibration.py`` (another
 benchmark, maintained separately) if that file exists.
@@ -37,52 +36,63 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from dpmed.models import ResNet9, count_parameters  # noqa: E402
-from dpmed.training.dp import PerSampleLoss, make_private  # noqa: E402
+from dpmed.training.engine import EngineSettings, PrivateTrainer  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-warnings.filterwarnings("ignore", message="Secure RNG turned off")
-ALL_MODES = ("hooks", "functorch", "ew", "ghost", "bk")
+ALL_MODES = ("bk", "hooks", "functorch")
 TARGET_RATIO = 1.5
 
 
-def make_variant(name, base_model, x, y, pos_weight):
+class _Records:
+    """Stands for a training set of ``n`` records (only its size is read: the plan)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _losses(pos_weight):
+    def losses(model, batch):
+        x, y = batch
+        out = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight, reduction="none")
+        return out.mean(1)
+
+    return losses
+
+
+def make_variant(name, base_model, x, y, pos_weight, device):
     """A closure doing one training step for variant ``name``."""
     model = copy.deepcopy(base_model)
     opt = torch.optim.NAdam(model.parameters(), lr=5e-4)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    losses = _losses(pos_weight)
     if name == "nonprivate":
-        loss_fn = PerSampleLoss(criterion)
-
         def step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = losses(model, (x, y)).sum() / len(x)
             loss.backward()
             opt.step()
             return loss.item()
 
         return step
-    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
-    dpm, dpo, crit, _ = make_private(
-        model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.5, grad_sample_mode=name,
-        poisson_sampling=False, criterion=criterion,
-    )
+    # q = 0.01: the plan's calibration is quick; the step itself does not depend on q
+    settings = EngineSettings(epochs=1, batch_size=len(x), epsilon=8.0, delta=1e-5, max_grad_norm=1.5,
+                              accountant="rdp", grad_sample_mode=name)
+    trainer = PrivateTrainer(settings, model, opt, _Records(100 * len(x)), seed=0, device=device)
 
     def step():
-        dpo.zero_grad(set_to_none=True)
-        loss = crit(dpm(x), y)
-        loss.backward()
-        dpo.step()
-        return loss.item()
+        trainer.private_step((x, y), losses)
 
     return step
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", help="torch device for the model and every tensor (cpu, cuda)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--width", type=float, default=1.0)
@@ -96,27 +106,29 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = ResNet9(in_channels=1, num_labels=8, width=args.width, activation="mish", dims=2)
-    x = torch.randn(args.batch, 1, args.size, args.size)
-    y = (torch.rand(args.batch, 8) < 0.2).float()
-    pos_weight = torch.full((8,), 4.0)
+    dev = torch.device(args.device)
+    base = ResNet9(in_channels=1, num_labels=8, width=args.width, activation="mish", dims=2).to(dev)
+    x = torch.randn(args.batch, 1, args.size, args.size, device=dev)
+    y = (torch.rand(args.batch, 8, device=dev) < 0.2).float()
+    pos_weight = torch.full((8,), 4.0, device=dev)
     print("== DP-SGD overhead per training step: ResNet9-GN 2D ==")
     print(f"batch {args.batch} x 1x{args.size}x{args.size}, width {args.width} "
           f"({count_parameters(base):,} parameters), 8 labels, Mish, NAdam, weighted BCE; "
-          f"torch {torch.__version__}, {args.threads} thread(s); noise multiplier 1.0, C 1.5, "
+          f"torch {torch.__version__}, device {dev}, {args.threads} thread(s); C 1.5, "
           f"{args.rounds} interleaved rounds after {args.warmup} warm-up")
 
-    variants = {"nonprivate": make_variant("nonprivate", base, x, y, pos_weight)}
+    variants = {"nonprivate": make_variant("nonprivate", base, x, y, pos_weight, dev)}
     failed = {}
     for mode in [m for m in args.modes.split(",") if m]:
         try:
-            step = make_variant(mode, base, x, y, pos_weight)
+            step = make_variant(mode, base, x, y, pos_weight, dev)
             step()  # smoke test (counts as warm-up)
             variants[mode] = step
         except Exception as e:  # a mode that does not work is reported, not fatal
             failed[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
     names = list(variants)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
         for n in names:
             variants[n]()
@@ -124,8 +136,10 @@ def main(argv=None):
     for r in range(args.rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
+            sync()
             t0 = time.perf_counter()
             variants[n]()
+            sync()
             times[n].append(time.perf_counter() - t0)
 
     med = {n: statistics.median(ts) for n, ts in times.items()}
@@ -143,7 +157,7 @@ def main(argv=None):
         ratio = med[best] * 1e3 / base_ms
         verdict = "meets" if ratio <= TARGET_RATIO else "misses"
         print(f"recommended grad_sample_mode: {best} ({ratio:.2f}x, {verdict} the <= {TARGET_RATIO}x target; "
-              f"per-sample clipping verified exact in tests/test_models.py)")
+              f"per-sample clipping verified exact in tests/test_models.py and tests/test_bk.py)")
 
     try:
         from calibration import bench_calibration  # benchmarks/calibration.py (separate owner)

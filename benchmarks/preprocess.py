@@ -48,6 +48,8 @@ def _measure(folder: str, size: int, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu"],
+                        help="where tensors are built; this benchmark runs numpy/scipy code on the CPU only")
     parser.add_argument("--patients", type=int, default=60, help="patients in the small cohort (large = 10x)")
     parser.add_argument("--image-size", type=int, default=512, help="side of the generated DICOM images")
     parser.add_argument("--size", type=int, default=256, help="preprocessed side")

@@ -1,4 +1,4 @@
-"""ResNet9-GN / ACS models and exact per-sample clipping under every Opacus grad_sample_mode."""
+"""ResNet9-GN / ACS models and exact per-sample clipping under every grad_sample_mode."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from dpmed.errors import ConfigError, PrivacyError
 from dpmed.models import (
@@ -22,7 +21,7 @@ from dpmed.models import (
     stage_channels,
 )
 from dpmed.models.acs import compute_acs_grad_sample
-from dpmed.training.dp import PerSampleLoss, make_private
+from dpmed.training.engine import make_privatiser
 
 torch.set_num_threads(1)
 # the first conv's input never requires grad; PyTorch warns about it on every backward hook
@@ -176,28 +175,25 @@ def test_convert_2d_weights_to_acs():
 # --------------------------------------------------------------------------- exact per-sample clipping
 
 
-def _reference_clipped_sum(model, criterion, x, y, C):
+def _per_sample_loss(criterion):
+    def losses(out, y):
+        return criterion(out, y).reshape(len(out), -1).mean(1)
+    return losses
+
+
+def _reference_clipped_sum(model, losses, x, y, C):
     """Loop over samples: each sample's gradient alone, flat L2 clip to C, sum."""
     params = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in params]
     norms = []
     for i in range(len(x)):
-        grads = torch.autograd.grad(criterion(model(x[i : i + 1]), y[i : i + 1]), params)
+        grads = torch.autograd.grad(losses(model(x[i : i + 1]), y[i : i + 1]).sum(), params)
         norm = torch.sqrt(sum((g**2).sum() for g in grads))
         norms.append(norm.item())
         f = min(1.0, C / (norm.item() + 1e-6))  # Opacus' clip factor
         for t, g in zip(total, grads):
             t += f * g
     return total, norms
-
-
-def _per_sample_norms(model, criterion, x, y):
-    params = list(model.parameters())
-    out = []
-    for i in range(len(x)):
-        grads = torch.autograd.grad(criterion(model(x[i : i + 1]), y[i : i + 1]), params)
-        out.append(torch.sqrt(sum((g**2).sum() for g in grads)).item())
-    return out
 
 
 def _data(dims, n=6, seed=0):
@@ -208,151 +204,42 @@ def _data(dims, n=6, seed=0):
     return x, y
 
 
-CASES = [(2, "hooks"), (2, "functorch"), (2, "ew"), (2, "ghost"), (2, "bk"),
-         (3, "hooks"), (3, "functorch"), (3, "ghost"), (3, "bk")]
+CASES = [(2, "hooks"), (2, "functorch"), (2, "bk"), (3, "hooks"), (3, "functorch"), (3, "bk")]
 
 
 @pytest.mark.parametrize("dims,mode", CASES)
 def test_dp_clipping_equals_per_sample_loop(dims, mode):
+    """The engine's privatiser (every mode) adds exactly sum_i clip_C(grad_i), in two physical batches."""
     torch.manual_seed(3)
     model = ResNet9(dims=dims, activation="mish", **TINY).double()
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64))
+    losses = _per_sample_loss(nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64),
+                                                   reduction="none"))
     x, y = _data(dims)
-    per_sample = PerSampleLoss(criterion)
-    norms = _per_sample_norms(model, per_sample, x, y)
+    _, norms = _reference_clipped_sum(copy.deepcopy(model), losses, x, y, 1.0)
     C = float(sorted(norms)[len(norms) // 2])  # median: some samples clipped, some not
     assert min(norms) < C - 1e-3 and max(norms) > C + 1e-3
-    ref_model = copy.deepcopy(model)
-    ref, _ = _reference_clipped_sum(ref_model, per_sample, x, y, C)
+    ref, _ = _reference_clipped_sum(copy.deepcopy(model), losses, x, y, C)
 
-    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    dpm, dpo, crit, dpl = make_private(
-        model, opt, loader, noise_multiplier=0.0, max_grad_norm=C, grad_sample_mode=mode,
-        poisson_sampling=False, criterion=criterion,
-    )
-    assert dpo.expected_batch_size == len(x)
-    xb, yb = next(iter(dpl))
-    dpo.zero_grad()
-    loss = crit(dpm(xb), yb)
-    loss.backward()
-    dpo.step()  # lr 0: p.grad = (sum of clipped per-sample grads + 0 noise) / B
-    got = [p.grad * len(x) for p in model.parameters()]
-    num = torch.sqrt(sum(((g - r) ** 2).sum() for g, r in zip(got, ref)))
+    priv = make_privatiser(model, C, mode)
+    priv.reset()
+    for sl in (slice(0, 4), slice(4, 6)):  # physical batches accumulate into one clipped sum
+        priv.begin()
+        priv.clip_accumulate(losses(priv.model(x[sl]), y[sl]))
+    assert all(p.grad is None for p in model.parameters())  # the unclipped gradient never lands
+    num = torch.sqrt(sum(((g - r) ** 2).sum() for g, r in zip(priv.summed, ref)))
     den = torch.sqrt(sum((r**2).sum() for r in ref))
     assert (num / den).item() < 1e-5, (mode, dims, (num / den).item())
-    for g, r in zip(got, ref):
+    for g, r in zip(priv.summed, ref):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-8)
 
 
-def test_ew_refused_for_acs():
-    model = ResNet9(dims=3, **TINY)
-    loader = DataLoader(TensorDataset(*_data(3, n=2)), batch_size=2)
-    with pytest.raises(PrivacyError):
-        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
-                     noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ew")
-
-
-def test_3d_acs_forward_backward_under_dp_with_noise():
-    torch.manual_seed(4)
-    model = ResNet9(dims=3, in_channels=1, num_labels=1, width=1 / 16, groups=4, activation="mish")
-    x = torch.randn(8, 1, 16, 24, 24)
-    y = (torch.rand(8, 1) > 0.5).float()
-    loader = DataLoader(TensorDataset(x, y), batch_size=4)
-    opt = torch.optim.NAdam(model.parameters(), lr=1e-3)
-    before = [p.detach().clone() for p in model.parameters()]
-    priv = make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0,
-                        grad_sample_mode="hooks", criterion=nn.BCEWithLogitsLoss())
-    dpm, dpo, crit, dpl = priv
-    steps = 0
-    for xb, yb in dpl:
-        if len(xb) == 0:
-            continue
-        dpo.zero_grad()
-        out = dpm(xb)
-        assert out.shape == (len(xb), 1)
-        loss = crit(out, yb)
-        loss.backward()
-        assert all(p.grad_sample.shape[0] == len(xb) for p in model.parameters())
-        dpo.step()
-        steps += 1
-    assert steps >= 1
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-    assert priv.privacy_engine.get_epsilon(1e-3) > 0
-
-
-def test_make_private_argument_checks():
+def test_make_privatiser_argument_checks():
     model = ResNet9(**TINY)
-    loader = DataLoader(TensorDataset(*_data(2, n=2)), batch_size=2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(PrivacyError):
-        make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ghost")
-    with pytest.raises(PrivacyError):
-        make_private(model, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="nope")
+    with pytest.raises(PrivacyError, match="grad_sample_mode"):
+        make_privatiser(model, 1.0, "nope")
+    with pytest.raises(PrivacyError, match="max_grad_norm"):
+        make_privatiser(model, 0.0, "bk")
     bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
-    with pytest.raises(PrivacyError):
-        make_private(bn, torch.optim.SGD(bn.parameters(), lr=0.1), loader, noise_multiplier=1.0,
-                     max_grad_norm=1.0, grad_sample_mode="hooks")
-
-
-@pytest.mark.parametrize("stride,k", [(1, 3), (2, 3), (2, 7), (2, 1)])
-def test_bk_conv_norm_methods_agree(stride, k):
-    """The three (timing-selected) per-sample conv norm methods of grad_sample_mode='bk' are exact."""
-    from dpmed.training.dp import _CONV_NORM_METHODS
-
-    torch.manual_seed(5)
-    conv = nn.Conv2d(3, 5, k, stride=stride, padding=(k - 1) // 2, bias=False).double()
-    a = torch.randn(4, 3, 11, 9, dtype=torch.float64)
-    g = torch.randn_like(conv(a))
-    ref = []
-    for i in range(4):
-        conv.zero_grad()
-        (conv(a[i : i + 1]) * g[i : i + 1]).sum().backward()
-        ref.append(conv.weight.grad.pow(2).sum())
-    ref = torch.stack(ref)
-    for name, fn in _CONV_NORM_METHODS.items():
-        torch.testing.assert_close(fn(a, g, conv), ref, rtol=1e-10, atol=1e-12, msg=name)
-
-
-def test_bk_conv_norm_choice_is_deterministic_and_batch_independent():
-    """The exact-norm method depends on layer shapes only (never on timing or batch size), so
-    repeated runs of a job produce bit-identical gradients whatever the machine load."""
-    from dpmed.training.dp import conv_norm_method
-
-    early = conv_norm_method((32, 64, 32, 32), (32, 64, 32, 32), (3, 3))   # L=1024, p=576, o=64
-    deep = conv_norm_method((32, 256, 8, 8), (32, 512, 4, 4), (3, 3))      # L=16, p=2304, o=512
-    assert (early, deep) == ("grouped", "gram")
-    for n in (1, 7, 64):
-        assert conv_norm_method((n, 256, 8, 8), (n, 512, 4, 4), (3, 3)) == deep
-
-
-def test_bk_keeps_per_sample_conv_grads_only_when_no_larger_than_the_stored_input():
-    from dpmed.training.dp import keep_grad_sample
-
-    # ResNet9 at 128^2, width 1: layer1 conv (64->64 on 32x32) keeps 36,864 <= 65,536 values
-    assert keep_grad_sample((32, 64, 32, 32), (64, 64, 3, 3))
-    # layer2 second conv (128->128 on 16x16): 147,456 > 32,768 -> recomputed after the clip
-    assert not keep_grad_sample((32, 128, 16, 16), (128, 128, 3, 3))
-    # the batch size never matters
-    assert keep_grad_sample((1, 64, 32, 32), (64, 64, 3, 3)) == keep_grad_sample((512, 64, 32, 32), (64, 64, 3, 3))
-
-
-@pytest.mark.parametrize("offset", [0.0, 30.0])
-def test_bk_group_norm_per_sample_grads_from_sums(offset):
-    """GroupNorm per-sample (weight, bias) gradients from reductions equal autograd per sample,
-    in float32 and also for inputs far from zero mean (where E[a^2] - mean^2 would cancel)."""
-    from dpmed.training.dp import _group_norm_grad_sample
-
-    torch.manual_seed(7)
-    gn = nn.GroupNorm(4, 12)
-    with torch.no_grad():
-        gn.weight.uniform_(0.5, 1.5)
-        gn.bias.uniform_(-0.5, 0.5)
-    a = torch.randn(5, 12, 9, 7) * 2.0 + offset
-    g = torch.randn(5, 12, 9, 7)
-    gw, gb = _group_norm_grad_sample(a, g, gn)
-    for i in range(5):
-        gn.zero_grad()
-        (gn(a[i : i + 1]) * g[i : i + 1]).sum().backward()
-        torch.testing.assert_close(gw[i], gn.weight.grad, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(gb[i], gn.bias.grad, rtol=1e-5, atol=1e-5)
+    for mode in ("bk", "hooks"):
+        with pytest.raises(PrivacyError, match="BatchNorm"):
+            make_privatiser(bn, 1.0, mode)

@@ -208,3 +208,32 @@ def test_cadp_card_reports_true_local_epsilon():
     card = build_cadp_card(epsilon_target=1.0, sensitivity=0.5, laplace_scale=0.5, inn_training_data="private train split")
     assert card["epsilon_spent"] == pytest.approx(2.0)
     assert "exceeds" in card["warning"]
+
+
+# ----------------------------------------------------------------------------- typed guarantees
+def _dpsgd_guarantee(sigma, q, steps, delta=1e-5):
+    from dpmed.privacy.guarantee import Guarantee
+
+    return Guarantee(kind="central", unit="record", epsilon=epsilon_spent(sigma, q, steps, delta, "rdp"), delta=delta,
+                     mechanism="dp-sgd", parameters={"history": [[sigma, q, steps]]}, released="w",
+                     noise_source="OS entropy")
+
+
+def test_compose_dpsgd_guarantees_with_one_accountant(tmp_path):
+    from dpmed.privacy.accounting import epsilon_for_history
+    from dpmed.privacy.card import render_guarantee
+    from dpmed.privacy.guarantee import compose, no_guarantee
+
+    a, b = _dpsgd_guarantee(1.0, 0.01, 1000), _dpsgd_guarantee(2.0, 0.02, 500)
+    c = compose([a, b], delta=1e-5, released="classifier and generator", accountant="rdp")
+    expected = epsilon_for_history([(1.0, 0.01, 1000), (2.0, 0.02, 500)], 1e-5, "rdp")
+    assert c.kind == "composed" and c.epsilon == expected and c.delta == 1e-5
+    assert max(a.epsilon, b.epsilon) < c.epsilon < a.epsilon + b.epsilon  # tighter than adding
+    assert c.derived_from == (a, b)
+    card = read_privacy_card(write_privacy_card(tmp_path / "c.json", render_guarantee(c)))
+    assert card["kind"] == "composed" and card["epsilon_spent"] == pytest.approx(expected)
+    assert [d["mechanism"] for d in card["typed_guarantee"]["derived_from"]] == ["dp-sgd", "dp-sgd"]
+    # a part without a guarantee voids the composition; units must agree
+    assert not compose([a, no_guarantee(reason="x")], delta=1e-5, released="w").holds
+    with pytest.raises(PrivacyError, match="units"):
+        compose([a, no_guarantee("patient", reason="x")], delta=1e-5, released="w")

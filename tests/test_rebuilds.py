@@ -39,6 +39,22 @@ def test_no_change_nothing_to_do(tiny_run):
     assert planned_jobs(workdir, configfile) == set()
 
 
+def _reversed_keys(value):
+    if isinstance(value, dict):
+        return {key: _reversed_keys(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed_keys(v) for v in value]
+    return value
+
+
+def test_reordered_config_keys_rerun_nothing(tiny_run):
+    """Params are canonical: the same values with every mapping's keys in another order."""
+    workdir, _, config = tiny_run
+    reordered = _reversed_keys(config)
+    assert list(reordered["datasets"]["cxr"]["classifier"]) != list(config["datasets"]["cxr"]["classifier"])
+    assert planned_jobs(workdir, write_config(workdir, reordered, "reordered.yaml")) == set()
+
+
 def test_added_epsilon_runs_only_that_epsilon(tiny_run):
     def add(cfg):
         cfg["datasets"]["cxr"]["classifier"]["epsilons"].append(4.0)

@@ -15,6 +15,8 @@ from dpmed.errors import ConfigError, PrivacyError
 from dpmed.privacy.accounting import calibrate_noise_multiplier
 from dpmed.privacy.card import read_privacy_card
 from dpmed.training import classifier as clf
+from dpmed.training.engine import TEST_NOISE_ENV
+from dpmed.training.engine import trainer as engine_trainer
 from dpmed.training.augment import affine_matrices, augment_batch
 from dpmed.training.data import CacheDataset, DataError
 
@@ -39,7 +41,8 @@ def _run(cohort, out, eps, seed=3, **kw):
     act = "relu" if math.isinf(eps) else "mish"
     return clf.train_classifier(
         train_h5=paths["train"], val_h5=paths["val"], test_h5=paths["test"], manifest=man, labels=LABELS,
-        out_dir=out, epsilon=eps, settings=settings, model_cfg={**CFG, "activation": act}, seed=seed, **kw,
+        outputs=clf.ClassifierOutputs.in_folder(out), checkpoint=out / "private" / "checkpoint.pt",
+        epsilon=eps, settings=settings, model_cfg={**CFG, "activation": act}, seed=seed, **kw,
     )
 
 
@@ -89,20 +92,22 @@ def test_augment_seeded_and_flip_exact():
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("eps", [math.inf, 4.0])
 def test_resume_identical(cohort, tmp_path, monkeypatch, eps):
+    # resumed vs uninterrupted: the test-only seeded noise makes the two comparable
+    monkeypatch.setenv(TEST_NOISE_ENV, "11")
     kw = {} if math.isinf(eps) else {"pos_weight": [2.0, 3.0]}
     if math.isinf(eps):
         kw["settings"] = {"augment": True}
     straight = _run(cohort, tmp_path / "a", eps, **kw)
 
-    def kill(epoch, out_dir):
+    def kill(epoch, checkpoint):
         if epoch == 1:
-            raise clf._Stop()
+            raise engine_trainer._Stop()
 
-    monkeypatch.setattr(clf, "_on_epoch_end", kill)
-    with pytest.raises(clf._Stop):
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", kill)
+    with pytest.raises(engine_trainer._Stop):
         _run(cohort, tmp_path / "b", eps, **kw)
-    assert (tmp_path / "b" / "checkpoint.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
-    monkeypatch.setattr(clf, "_on_epoch_end", lambda e, o: None)
+    assert (tmp_path / "b" / "private" / "checkpoint.pt").exists() and not (tmp_path / "b" / "model.pt").exists()
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda e, o: None)
     resumed = _run(cohort, tmp_path / "b", eps, **kw)
 
     assert resumed["resumed_from_epoch"] == 1
@@ -116,25 +121,52 @@ def test_resume_identical(cohort, tmp_path, monkeypatch, eps):
     pa = pd.read_parquet(tmp_path / "a" / "predictions.parquet")
     pb = pd.read_parquet(tmp_path / "b" / "predictions.parquet")
     pd.testing.assert_frame_equal(pa, pb)
-    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    assert not (tmp_path / "b" / "private" / "checkpoint.pt").exists()
     if math.isfinite(eps):
         # DP: the loss weight is exactly the caller's, never derived from the private labels
         assert resumed["loss_pos_weight"] == [2.0, 3.0]
         ca = read_privacy_card(tmp_path / "a" / "privacy.json")
         cb = read_privacy_card(tmp_path / "b" / "privacy.json")
-        assert ca["epsilon_spent"] == cb["epsilon_spent"] and ca["history"] == cb["history"]
+        # seeded (test) noise: the card must say the guarantee does not hold
+        assert ca["kind"] == cb["kind"] == "none" and TEST_NOISE_ENV in ca["guarantee"]
+        assert hb["epsilon"].tolist() == ha["epsilon"].tolist() and ha["epsilon"].iloc[-1] <= eps
 
 
 def test_checkpoint_of_other_run_refused(cohort, tmp_path, monkeypatch):
-    def kill(epoch, out_dir):
-        raise clf._Stop()
+    def kill(epoch, checkpoint):
+        raise engine_trainer._Stop()
 
-    monkeypatch.setattr(clf, "_on_epoch_end", kill)
-    with pytest.raises(clf._Stop):
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", kill)
+    with pytest.raises(engine_trainer._Stop):
         _run(cohort, tmp_path, math.inf, settings={"epochs": 1})
-    monkeypatch.setattr(clf, "_on_epoch_end", lambda e, o: None)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda e, o: None)
     with pytest.raises(ConfigError, match="different"):
         _run(cohort, tmp_path, math.inf, seed=99, settings={"epochs": 1})
+
+
+@pytest.mark.parametrize("change", ["label", "image"])
+def test_resume_refused_when_the_training_data_changed(tmp_path, monkeypatch, change):
+    """The fingerprint hashes what the run reads (image bytes and labels), not only the record ids."""
+    import h5py
+
+    paths, man = make_cohort(tmp_path / "c", sizes=(24, 8, 8), size=16)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda e, c: (_ for _ in ()).throw(engine_trainer._Stop()))
+    run = dict(train_h5=paths["train"], val_h5=paths["val"], test_h5=None, labels=LABELS, epsilon=4.0, seed=1,
+               outputs=clf.ClassifierOutputs.in_folder(tmp_path / "o"), checkpoint=tmp_path / "private" / "c.pt",
+               settings={"epochs": 2, "batch_size": 8, "lr": 1e-3, "delta": DELTA, "accountant": "rdp"},
+               model_cfg={**CFG, "activation": "mish"})
+    with pytest.raises(engine_trainer._Stop):
+        clf.train_classifier(manifest=man, **run)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda e, c: None)
+    df = pd.read_parquet(man)
+    if change == "label":  # same ids, one training label flipped
+        row = df.index[df["record_id"] == "train-0003"][0]
+        df.loc[row, "label_blob_a"] = 1 - df.loc[row, "label_blob_a"]
+    else:  # same ids and labels, one pixel of one training image changed
+        with h5py.File(paths["train"], "r+") as fh:
+            fh["images"][3, 0, 0] = (int(fh["images"][3, 0, 0]) + 1) % 256
+    with pytest.raises(ConfigError, match="different"):
+        clf.train_classifier(manifest=df, **run)
 
 
 # ----------------------------------------------------------------------------- DP run
@@ -162,6 +194,10 @@ def test_dp_run_card_plan_predictions(cohort, tmp_path, monkeypatch):
     assert card["noise_multiplier"] == calibrate_noise_multiplier(target, DELTA, q, steps, accountant="prv",
                                                                   rel_tol=0.01)
     assert card["max_records_per_patient"] == 2
+    # N and the per-patient count come from the private data: the card says they are treated as public
+    assert card["n_records"] == n_train and "public" in card["adjacency"]
+    assert any("max_records_per_patient" in t for t in card["treated_as_public"])
+    assert any(f"N = {n_train}" in t for t in card["treated_as_public"])
     assert card["per_patient_guarantee"]["epsilon"] == pytest.approx(2 * card["epsilon_spent"])
     whats = " ".join(e["what"] + e["source"] for e in card["non_private_inputs"])
     assert "public cohort X" in whats and "normalisation" in whats
@@ -257,7 +293,7 @@ def test_ct_volumes_dp_from_2d_init(tmp_path):
     torch.save({"state_dict": m2.state_dict(), "model_cfg": m2.config(), "labels": LABELS}, init)
     res = clf.train_classifier(
         train_h5=paths["train"], val_h5=paths["val"], test_h5=paths["test"], manifest=man, labels=["pdac"],
-        out_dir=tmp_path / "out", epsilon=8.0, seed=0, init_weights=init,
+        outputs=clf.ClassifierOutputs.in_folder(tmp_path / "out"), checkpoint=None, epsilon=8.0, seed=0, init_weights=init,
         settings={"epochs": 1, "batch_size": 6, "physical_batch_size": 4, "lr": 1e-3, "delta": DELTA,
                   "accountant": "rdp", "max_grad_norm": 1.0},
         model_cfg={**CFG, "dims": 3, "activation": "mish"},
@@ -273,21 +309,20 @@ def test_ct_volumes_dp_from_2d_init(tmp_path):
 @pytest.mark.parametrize("mode", ["hooks", "bk"])
 def test_dp_empty_poisson_batches_are_noise_steps(tmp_path, mode):
     paths, man = make_cohort(tmp_path, sizes=(12, 4, 4), size=16)
-    import dpmed.training.dp as dp
-
     empties = []
-    orig = dp.step_on_empty_batch
+    orig = engine_trainer.PrivateTrainer.private_step
 
-    def spy(opt):
-        empties.append(1)
-        return orig(opt)
+    def spy(self, batch, step):
+        if batch is None:
+            empties.append(1)
+        return orig(self, batch, step)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(dp, "step_on_empty_batch", spy)
+    mp.setattr(engine_trainer.PrivateTrainer, "private_step", spy)
     try:
         res = clf.train_classifier(
             train_h5=paths["train"], val_h5=paths["val"], test_h5=None, manifest=man, labels=LABELS,
-            out_dir=tmp_path / "o", epsilon=10.0, seed=5,
+            outputs=clf.ClassifierOutputs.in_folder(tmp_path / "o"), checkpoint=None, epsilon=10.0, seed=5,
             settings={"epochs": 2, "batch_size": 1, "lr": 1e-3, "delta": DELTA, "accountant": "rdp",
                       "grad_sample_mode": mode},
             model_cfg={**CFG, "activation": "mish"},

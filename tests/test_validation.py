@@ -67,8 +67,8 @@ def test_frozen_batchnorm_is_still_refused():
 def test_accepts_groupnorm_mish():
     model = make_model(nn.GroupNorm(8, 32), nn.Mish())
     assert_privatisable(model)  # no exception
-    assert_privatisable(model, grad_sample_mode="ew")
-    assert_privatisable(model, grad_sample_mode="ghost")
+    assert_privatisable(model, grad_sample_mode="bk")
+    assert_privatisable(model, grad_sample_mode="functorch")
     # and Opacus really computes per-sample gradients for it
     from opacus import GradSampleModule
 
@@ -84,7 +84,7 @@ def test_eval_mode_is_refused():
         assert_privatisable(model)
 
 
-def test_ew_mode_refuses_unsupported_layer():
+def test_bk_mode_refuses_a_layer_without_a_rule():
     class Scale(nn.Module):
         def __init__(self):
             super().__init__()
@@ -96,7 +96,7 @@ def test_ew_mode_refuses_unsupported_layer():
     model = nn.Sequential(nn.Linear(4, 4), Scale())
     assert_privatisable(model, grad_sample_mode="hooks")  # functorch fallback handles it
     with pytest.raises(PrivacyError, match="1 \\(Scale\\)"):
-        assert_privatisable(model, grad_sample_mode="ew")
+        assert_privatisable(model, grad_sample_mode="bk")
 
 
 def test_unknown_mode():

@@ -55,6 +55,14 @@ def test_every_model_has_its_contract(tiny_run):
         assert np.all(np.diff(history["epsilon"]) > 0)
         assert history["epsilon"].iloc[-1] == pytest.approx(card["epsilon_spent"])
         assert card["max_records_per_patient"] >= 1
+        # the guarantee as released: secret noise, N treated as public, epsilon re-derivable
+        assert card["kind"] == "central" and "OS entropy" in card["noise_source"]
+        n_train = int((manifest["split"] == "train").sum())
+        assert card["n_records"] == n_train and card["sample_rate"] == pytest.approx(card["batch_size"] / n_train)
+        assert any("N = " in item for item in card["treated_as_public"])
+        log = (workdir / f"logs/{dataset}/classifiers/dpsgd_eps_{eps}_seed_0.log").read_text()
+        progress = [line for line in log.splitlines() if " epoch " in line and " eta " in line]
+        assert len(progress) == len(history), log[-2000:]
         whats = " ".join(item["what"] for item in card["non_private_inputs"])
         if dataset == "cxr":  # public pretraining and public class weights are declared
             assert "initial" in whats and "pos_weight" in whats
@@ -85,9 +93,18 @@ def test_metrics_and_summary(tiny_run):
         assert table.count("\n| ") >= 4 and "∞" in table
         comparisons = pd.read_csv(summary / "comparisons.csv")
         assert set(comparisons["epsilon"]) == {float(e) for e in config["datasets"][dataset]["classifier"]["epsilons"]}
+        assert set(comparisons["method"]) == {"dpsgd"}
         assert comparisons["bootstrap_p_private_worse"].dropna().between(0, 1).all()
         for png in summary.glob("*.png"):
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_secret_outside_the_private_directory(tiny_run):
+    """Checkpoints (they hold the secret noise seed) live under private_dir and are gone after the run."""
+    workdir, _, config = tiny_run
+    for folder in ("results", "logs"):
+        assert not [p for p in (workdir / folder).rglob("*.pt") if p.name != "model.pt"]
+    assert not list((workdir / config["private_dir"]).rglob("checkpoints/**/*.pt"))
 
 
 def test_embeddings_cover_every_record(tiny_run):

@@ -1,5 +1,6 @@
 # Shared set-up: config validation (defaults filled, unknown keys refused) and helpers.
 import copy
+import os
 
 from dpmed.config import load_schema, validate_config
 
@@ -20,6 +21,16 @@ def dataset_cfg(dataset):
     return config["datasets"][dataset]
 
 
+def canonical(value):
+    """``value`` with every mapping's keys sorted, recursively. Snakemake compares params by
+    their text, so without this reordering keys in a YAML config (same values) reruns jobs."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 INGEST_KEYS = (
     "kind", "adapter", "table", "description_csvs", "root", "labels", "grades", "split",
     "age_groups", "demographics_required",
@@ -29,7 +40,7 @@ INGEST_KEYS = (
 def ingest_slice(dataset):
     """Exactly what ingestion reads (not preprocessing or classifier settings)."""
     cfg = dataset_cfg(dataset)
-    return {key: copy.deepcopy(cfg[key]) for key in INGEST_KEYS if key in cfg}
+    return canonical({key: copy.deepcopy(cfg[key]) for key in INGEST_KEYS if key in cfg})
 
 
 def ingest_tables(wildcards):
@@ -41,11 +52,11 @@ def ingest_tables(wildcards):
 
 def demo_params(cohort):
     """Each demo cohort gets its own seed offset: the public CXR cohort shares nothing with the private one."""
-    return {
+    return canonical({
         "cohort": cohort,
         "seed": config["demo"]["seed"] + DEMO_COHORTS.index(cohort),
         **config["demo"][cohort],
-    }
+    })
 
 
 # ---------------------------------------------------------------- classifiers and evaluation
@@ -63,13 +74,6 @@ def eps_label(eps):
 
 CLASSIFIER_DATASETS = [d for d in DATASETS if dataset_cfg(d).get("classifier")]
 SEEDS = config["training"]["seeds"]
-METHODS = ["dpsgd"]
-
-
-wildcard_constraints:
-    eps=r"inf|\d+(\.\d+)?",
-    seed=r"\d+",
-    method="|".join(METHODS),
 
 
 def epsilon_labels(dataset):
@@ -79,6 +83,12 @@ def epsilon_labels(dataset):
 
 def classifier_dir(dataset, method="{method}", eps="{eps}", seed="{seed}"):
     return f"results/{dataset}/classifiers/{method}/eps_{eps}/seed_{seed}"
+
+
+def private_checkpoint(*parts):
+    """A training checkpoint's path under the private directory: it holds the run's secret
+    noise seed, so it must never be under results/ or logs/."""
+    return os.path.join(PRIVATE, "checkpoints", *parts) + ".pt"
 
 
 def model_cfg(dataset):
@@ -95,42 +105,96 @@ def caches(dataset):
     return {split: f"results/{dataset}/preprocessed/{split}.h5" for split in SPLITS}
 
 
-def classifier_inputs(wildcards):
-    clf = dataset_cfg(wildcards.dataset)["classifier"]
-    inputs = {"manifest": f"results/{wildcards.dataset}/manifest.parquet", **caches(wildcards.dataset)}
-    if clf["pretrain"]:
-        inputs["pretrained"] = f"results/{wildcards.dataset}/pretrained/model.pt"
-    weights_from = clf["dp"]["class_weights_from"]
-    if wildcards.eps != "inf" and weights_from:
-        inputs["weights_manifest"] = f"results/{weights_from}/manifest.parquet"
+# ---------------------------------------------------------------- the method registry
+# A method is one way of producing the classifier of (dataset, eps, seed): the rule that trains
+# it, its inputs and its params. The `{method}` wildcard ranges over the registered methods;
+# `training.methods` in the config chooses which of them the pipeline runs. Methods of other
+# rules (cadp, syn, ...) register themselves the same way in their own rule files.
+METHODS = {}
+
+
+def register_method(name, *, rule, inputs, params, description):
+    """``inputs(wildcards)`` and ``params(wildcards)`` of the training job; ``rule`` trains it."""
+    METHODS[name] = {"rule": rule, "inputs": inputs, "params": params, "description": description}
+
+
+def methods_of_rule(rule):
+    """The wildcard constraint of a training rule: the methods it trains."""
+    return "|".join(name for name, m in METHODS.items() if m["rule"] == rule)
+
+
+def method_inputs(wildcards):
+    return METHODS[wildcards.method]["inputs"](wildcards)
+
+
+def method_params(wildcards):
+    return canonical(METHODS[wildcards.method]["params"](wildcards))
+
+
+def run_methods():
+    unknown = [m for m in config["training"]["methods"] if m not in METHODS]
+    if unknown:
+        raise ValueError(f"training.methods names unregistered methods {unknown}; registered: {sorted(METHODS)}")
+    return list(config["training"]["methods"])
+
+
+def dpsgd_inputs(pretrained):
+    def inputs(wildcards):
+        clf = dataset_cfg(wildcards.dataset)["classifier"]
+        inputs = {"manifest": f"results/{wildcards.dataset}/manifest.parquet", **caches(wildcards.dataset)}
+        if pretrained and clf["pretrain"]:
+            inputs["pretrained"] = f"results/{wildcards.dataset}/pretrained/model.pt"
+        weights_from = clf["dp"]["class_weights_from"]
+        if wildcards.eps != "inf" and weights_from:
+            inputs["weights_manifest"] = f"results/{weights_from}/manifest.parquet"
+        return inputs
+
     return inputs
 
 
-def classifier_params(wildcards):
-    """Exactly what a training job depends on: the DP block for finite eps, else the non-private one."""
-    cfg = dataset_cfg(wildcards.dataset)
-    clf = cfg["classifier"]
-    private = wildcards.eps != "inf"
-    return {
-        "epsilon": float(wildcards.eps),
-        "seed": int(wildcards.seed),
-        "labels": list(cfg["labels"]),
-        "model": model_cfg(wildcards.dataset),
-        "settings": copy.deepcopy(clf["dp"] if private else clf["nonprivate"]),
-        "pretrain": copy.deepcopy(clf["pretrain"]),
-    }
+def dpsgd_params(pretrained):
+    def params(wildcards):
+        """Exactly what a training job depends on: the DP block for finite eps, else the non-private one."""
+        cfg = dataset_cfg(wildcards.dataset)
+        clf = cfg["classifier"]
+        private = wildcards.eps != "inf"
+        return {
+            "epsilon": float(wildcards.eps),
+            "seed": int(wildcards.seed),
+            "labels": list(cfg["labels"]),
+            "model": model_cfg(wildcards.dataset),
+            "settings": copy.deepcopy(clf["dp"] if private else clf["nonprivate"]),
+            "pretrain": copy.deepcopy(clf["pretrain"]) if pretrained else None,
+            "checkpoint": private_checkpoint(wildcards.dataset, wildcards.method, f"eps_{wildcards.eps}",
+                                             f"seed_{wildcards.seed}"),
+        }
+
+    return params
+
+
+register_method("dpsgd", rule="train_classifier", inputs=dpsgd_inputs(True), params=dpsgd_params(True),
+                description="DP-SGD (non-private at eps = inf), from the public pretraining when configured")
+register_method("dpsgd_scratch", rule="train_classifier", inputs=dpsgd_inputs(False), params=dpsgd_params(False),
+                description="DP-SGD (non-private at eps = inf) from random initialisation")
+
+
+wildcard_constraints:
+    eps=r"inf|\d+(\.\d+)?",
+    seed=r"\d+",
+    method="|".join(METHODS),
 
 
 def pretrain_params(wildcards):
     cfg = dataset_cfg(wildcards.dataset)
     pretrain = cfg["classifier"]["pretrain"]
-    return {
+    return canonical({
         "source": pretrain["dataset"],
         "labels": list(dataset_cfg(pretrain["dataset"])["labels"]),
         "model": {**model_cfg(wildcards.dataset), "dims": 2},
         "settings": {k: v for k, v in pretrain.items() if k != "dataset"},
         "seed": 0,
-    }
+        "checkpoint": private_checkpoint(wildcards.dataset, "pretrain"),
+    })
 
 
 def pretrain_inputs(wildcards):
@@ -138,17 +202,15 @@ def pretrain_inputs(wildcards):
     return {"manifest": f"results/{source}/manifest.parquet", **caches(source)}
 
 
-def all_predictions(dataset):
+def summary_runs(dataset):
+    """Every model the dataset's summary covers, keyed by (method, epsilon, seed) with its files."""
     return [
-        f"{classifier_dir(dataset, 'dpsgd', eps, seed)}/predictions.parquet"
-        for eps in epsilon_labels(dataset)
-        for seed in SEEDS
-    ]
-
-
-def all_metrics(dataset):
-    return [
-        f"results/{dataset}/evaluation/dpsgd/eps_{eps}/seed_{seed}/metrics.parquet"
+        {
+            "method": method, "eps": eps, "seed": seed,
+            "metrics": f"results/{dataset}/evaluation/{method}/eps_{eps}/seed_{seed}/metrics.parquet",
+            "predictions": f"{classifier_dir(dataset, method, eps, seed)}/predictions.parquet",
+        }
+        for method in run_methods()
         for eps in epsilon_labels(dataset)
         for seed in SEEDS
     ]
@@ -156,7 +218,11 @@ def all_metrics(dataset):
 
 def evaluation_params(wildcards):
     ev = config["evaluation"]
-    return {**copy.deepcopy(ev), "labels": list(dataset_cfg(wildcards.dataset)["labels"])}
+    return canonical({**copy.deepcopy(ev), "labels": list(dataset_cfg(wildcards.dataset)["labels"])})
+
+
+def encoder_params(wildcards):
+    return canonical(config["embeddings"]["encoders"][wildcards.encoder])
 
 
 def encoder_inputs(wildcards):

@@ -24,8 +24,8 @@ rule evaluate_classifier:
 
 rule summarise_dataset:
     input:
-        metrics=lambda w: all_metrics(w.dataset),
-        predictions=lambda w: all_predictions(w.dataset),
+        metrics=lambda w: [run["metrics"] for run in summary_runs(w.dataset)],
+        predictions=lambda w: [run["predictions"] for run in summary_runs(w.dataset)],
     output:
         **{
             name.replace(".", "_"): report(
@@ -38,8 +38,7 @@ rule summarise_dataset:
         },
     params:
         evaluation=evaluation_params,
-        epsilons=lambda w: epsilon_labels(w.dataset),
-        seeds=SEEDS,
+        runs=lambda w: summary_runs(w.dataset),
     conda:
         "../envs/dpmed.yaml"
     log:

@@ -10,7 +10,7 @@ rule preprocess:
         "results/{dataset}/preprocessed/{split}.h5",
     params:
         kind=lambda w: dataset_cfg(w.dataset)["kind"],
-        preprocess=lambda w: dataset_cfg(w.dataset)["preprocess"],
+        preprocess=lambda w: canonical(dataset_cfg(w.dataset)["preprocess"]),
     threads: config["workers"]
     resources:
         mem_mb=4000,

@@ -1,5 +1,6 @@
-# Classifiers (methods.md A): non-private reference (eps = inf) and DP-SGD at every finite eps,
-# optionally starting from a network pretrained without privacy on a public cohort.
+# Classifiers: non-private reference (eps = inf) and DP-SGD at every finite eps, optionally
+# starting from a network pretrained without privacy on a public cohort (methods dpsgd and
+# dpsgd_scratch of the registry in common.smk).
 
 
 rule pretrain_classifier:
@@ -28,15 +29,17 @@ rule pretrain_classifier:
 
 
 rule train_classifier:
+    wildcard_constraints:
+        method=methods_of_rule("train_classifier"),
     input:
-        unpack(classifier_inputs),
+        unpack(method_inputs),
     output:
         model=f"{classifier_dir('{dataset}')}/model.pt",
         history=f"{classifier_dir('{dataset}')}/history.csv",
         predictions=f"{classifier_dir('{dataset}')}/predictions.parquet",
         privacy=f"{classifier_dir('{dataset}')}/privacy.json",
     params:
-        training=classifier_params,
+        training=method_params,
         device=config["training"]["device"],
     threads: config["training"]["threads"]
     resources:
@@ -59,7 +62,7 @@ rule extract_embeddings:
     output:
         "results/{dataset}/embeddings/{encoder}.h5",
     params:
-        encoder=lambda w: config["embeddings"]["encoders"][w.encoder],
+        encoder=encoder_params,
         device=config["training"]["device"],
     threads: config["training"]["threads"]
     resources:

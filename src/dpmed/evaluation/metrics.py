@@ -138,6 +138,25 @@ def subgroup_masks(test: pd.DataFrame, subgroups: dict) -> tuple[list[str], list
     return names, masks, attrs
 
 
+def mean_auroc(y: np.ndarray, s: np.ndarray) -> tuple[float, list[float]]:
+    """Mean AUROC over the labels (columns) with both classes present (NaN if none), and per label.
+
+    A plain point estimate for monitoring (e.g. validation AUROC per training epoch); the
+    bootstrapped evaluation is :func:`evaluate_model`.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    per = []
+    for j in range(y.shape[1]):
+        yj = y[:, j]
+        if len(yj) == 0 or yj.min() == yj.max():
+            per.append(float("nan"))
+        else:
+            per.append(float(roc_auc_score(yj, s[:, j])))
+    vals = [v for v in per if not np.isnan(v)]
+    return (float(np.mean(vals)) if vals else float("nan")), per
+
+
 def youden_threshold(y_val: np.ndarray, score_val: np.ndarray) -> float:
     """Youden threshold on validation data (see module docstring); NaN if undefined."""
     y_val = np.asarray(y_val)

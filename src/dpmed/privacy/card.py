@@ -19,7 +19,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +33,7 @@ __all__ = [
     "write_privacy_card",
     "read_privacy_card",
     "card_to_json",
+    "render_guarantee",
 ]
 
 CARD_SCHEMA_VERSION = 1
@@ -99,6 +99,9 @@ def _non_private_inputs(items: Iterable[Mapping[str, str]] | None) -> list[dict[
 
 
 def _per_patient(eps: float, delta: float | None, unit: str, k: int | None) -> dict[str, Any]:
+    if unit == "site":
+        return {"epsilon": eps, "delta": delta,
+                "method": "the privacy unit is a whole site: each patient is covered as part of their site"}
     if unit == "patient":
         return {
             "epsilon": eps,
@@ -171,8 +174,8 @@ def build_privacy_card(
         raise PrivacyError("use build_cadp_card() for the local CADP mechanism")
     if mechanism not in DPSGD_MECHANISMS + ("none",):
         raise PrivacyError(f"unknown mechanism {mechanism!r}; choose one of {', '.join(DPSGD_MECHANISMS + ('none',))}")
-    if unit not in ("record", "patient"):
-        raise PrivacyError(f"unit must be 'record' or 'patient', got {unit!r}")
+    if unit not in ("record", "patient", "site"):
+        raise PrivacyError(f"unit must be 'record', 'patient' or 'site', got {unit!r}")
     npi = _non_private_inputs(non_private_inputs)
     generator = mechanism in ("dp-cvae", "dp-generator")
     released = released or (
@@ -248,7 +251,8 @@ def build_privacy_card(
         eps = epsilon_for_history([(sigma, q, steps)], d, acc_name)
         eps_source = f"{acc_name} accountant for {steps} steps of (noise_multiplier, sample_rate)"
 
-    unit_words = "one record (image)" if unit == "record" else "one patient (all of their records)"
+    unit_words = {"record": "one record (image)", "patient": "one patient (all of their records)",
+                  "site": "one site (all of its records)"}[unit]
     if math.isinf(eps):
         guarantee = f"None: ε = inf (noise multiplier {sigma:g}); {released} carry no DP guarantee."
     else:
@@ -304,6 +308,76 @@ def build_privacy_card(
     if tgt is not None and not math.isinf(eps) and eps > tgt * (1 + 1e-9):
         card["warning"] = f"epsilon_spent {eps:.6g} exceeds epsilon_target {tgt:.6g}"
     return card
+
+
+# ----------------------------------------------------------------------------- from a Guarantee
+def render_guarantee(g, *, max_records_per_patient: int | None = None, epochs: float | None = None,
+                     extra_not_guaranteed: Iterable[str] = ()) -> dict[str, Any]:
+    """The card of a typed :class:`~dpmed.privacy.guarantee.Guarantee` from the training engine.
+
+    A central DP-SGD guarantee renders as :func:`build_privacy_card` does, with ε recomputed
+    from the card's own ``history`` (the steps actually run), plus what the guarantee treats as
+    public (N and the per-patient record count), where the noise came from, the numerics and a
+    δ ≥ 1/N flag. Any other kind renders as a card without a guarantee, its reason first.
+    ``g.to_dict()`` is kept whole under ``"typed_guarantee"``.
+    """
+    npi = [x.to_dict() for x in g.non_private_inputs]
+    treated_public = []
+    if max_records_per_patient is not None:
+        treated_public.append(f"max_records_per_patient = {max_records_per_patient}: computed from the training "
+                              "records and treated as public (it only scales the per-patient statement)")
+    if g.kind in ("derived", "composed", "local"):
+        return _render_generic(g, treated_public, max_records_per_patient, extra_not_guaranteed)
+    if g.kind != "central":
+        card = build_privacy_card(mechanism="none", epochs=epochs, unit=g.unit,
+                                  max_records_per_patient=max_records_per_patient, non_private_inputs=npi,
+                                  released=g.released or None,
+                                  extra_not_guaranteed=list(g.not_guaranteed) + list(extra_not_guaranteed))
+        card["guarantee"] = "None: " + (g.not_guaranteed[0] if g.not_guaranteed else "no DP guarantee")
+    else:
+        p = g.parameters
+        card = build_privacy_card(
+            mechanism=g.mechanism, accountant=p["accountant"], noise_multiplier=p["noise_multiplier"],
+            sample_rate=p["sample_rate"], dp_accountant={
+                "version": 1, "noise_multiplier": p["noise_multiplier"], "sample_rate": p["sample_rate"],
+                "history": p["history"]},
+            epochs=epochs, max_grad_norm=p["max_grad_norm"], delta=g.delta, epsilon_target=g.epsilon_target,
+            unit=g.unit, max_records_per_patient=max_records_per_patient, non_private_inputs=npi,
+            released=g.released or None, extra_not_guaranteed=list(g.not_guaranteed) + list(extra_not_guaranteed))
+        card["n_records"] = p["n_records"]
+        card["batch_size"] = p["batch_size"]
+        card["adjacency"] = p["adjacency"]
+        card["weak_delta"] = bool(p["delta_times_n"] >= 1)
+        card["delta_times_n"] = p["delta_times_n"]
+        card["numerics"] = p["numerics"]
+        card["grad_sample_mode"] = p["grad_sample_mode"]
+        treated_public.insert(0, f"N = {p['n_records']} training records (q = batch_size / N, the steps and σ "
+                                 "depend on it; add/remove-one adjacency with the dataset size public)")
+    card["kind"] = g.kind
+    card["noise_source"] = g.noise_source
+    card["treated_as_public"] = treated_public
+    card["typed_guarantee"] = g.to_dict()
+    return card
+
+
+def _render_generic(g, treated_public, k, extra_not_guaranteed) -> dict[str, Any]:
+    """Card of a derived (post-processing), composed or local guarantee: its ε, δ and sources."""
+    how = {"derived": "inherited by post-processing from", "composed": "composed from",
+           "local": "a local guarantee"}[g.kind]
+    text = (f"{g.kind.capitalize()} ({_fmt(g.epsilon)}, {g.delta if g.delta is not None else 0:g})-differential "
+            f"privacy for {g.released}, per {g.unit}, {how}"
+            + (" " + ", ".join(d.mechanism for d in g.derived_from) if g.derived_from else "") + ".")
+    return {
+        "schema_version": CARD_SCHEMA_VERSION, "kind": g.kind, "mechanism": g.mechanism,
+        "guarantee_type": "local" if g.kind == "local" else "central", "epsilon_spent": float(g.epsilon),
+        "epsilon_target": g.epsilon_target, "delta": g.delta, "unit": g.unit,
+        "max_records_per_patient": k,
+        "per_patient_guarantee": _per_patient(float(g.epsilon), g.delta, g.unit, k),
+        "parameters": dict(g.parameters), "non_private_inputs": [x.to_dict() for x in g.non_private_inputs],
+        "released": g.released, "guarantee": text, "noise_source": g.noise_source,
+        "not_guaranteed": list(g.not_guaranteed) + list(extra_not_guaranteed),
+        "treated_as_public": treated_public, "typed_guarantee": g.to_dict(),
+    }
 
 
 # ----------------------------------------------------------------------------- CADP card
@@ -419,23 +493,12 @@ def card_to_json(card: Mapping[str, Any]) -> str:
 
 
 def write_privacy_card(path: str | os.PathLike, card: Mapping[str, Any]) -> Path:
-    """Write the card atomically (temp file in the same directory, fsync, os.replace)."""
+    """Write the card atomically (:func:`dpmed.io.atomic.write_text`)."""
+    from dpmed.io.atomic import write_text
+
     path = Path(path)
-    text = card_to_json(card)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_text(card_to_json(card), path)
     return path
 
 

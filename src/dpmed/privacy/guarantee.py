@@ -160,3 +160,48 @@ def post_processing(source: Guarantee, *, released: str, not_guaranteed: tuple[s
                      released=released, not_guaranteed=tuple(source.not_guaranteed) + tuple(not_guaranteed),
                      non_private_inputs=tuple(source.non_private_inputs) + tuple(non_private_inputs),
                      derived_from=(source,), noise_source=source.noise_source)
+
+
+def compose(guarantees: tuple[Guarantee, ...] | list[Guarantee], *, delta: float, released: str,
+            accountant: str = "prv", not_guaranteed: tuple[str, ...] = (),
+            non_private_inputs: tuple[NonPrivateInput, ...] = ()) -> Guarantee:
+    """Several central mechanisms run on the SAME records (e.g. DP-SGD on the real data plus a DP
+    generator trained on them, or a client's rounds trained by separate engines): one guarantee.
+
+    When every part is DP-SGD with its step history (``parameters["history"]``, segments
+    ``(σ, q, steps)``), the histories are composed by one accountant at ``delta``
+    (:func:`dpmed.privacy.accounting.epsilon_for_history`), which is tighter than adding the ε's.
+    Otherwise basic composition: ε and δ add up (``delta`` is then ignored).
+
+    Raises :class:`PrivacyError` for parts with different units or of a kind that does not compose
+    with a central guarantee (``local``). A part without a guarantee gives none.
+    """
+    from dpmed.privacy.accounting import epsilon_for_history
+
+    parts = tuple(guarantees)
+    if not parts:
+        raise PrivacyError("compose needs at least one guarantee")
+    units = {g.unit for g in parts}
+    if len(units) != 1:
+        raise PrivacyError(f"cannot compose guarantees of different units {sorted(units)}")
+    unit = units.pop()
+    npi = tuple(x for g in parts for x in g.non_private_inputs) + tuple(non_private_inputs)
+    if not all(g.holds for g in parts):
+        return no_guarantee(unit, reason="composed with an artefact that has no DP guarantee", released=released,
+                            non_private_inputs=npi, derived_from=parts)
+    if any(g.kind == "local" for g in parts):
+        raise PrivacyError("a local guarantee does not compose with central ones into one (ε, δ); report them apart")
+    histories = [g.parameters.get("history") for g in parts]
+    if all(histories):
+        history = [tuple(seg) for h in histories for seg in h]
+        eps, dlt = epsilon_for_history(history, delta, accountant), float(delta)
+        params = {"composition": f"{accountant} accountant over the concatenated DP-SGD histories",
+                  "history": [list(seg) for seg in history], "accountant": accountant}
+    else:
+        eps, dlt = sum(g.epsilon for g in parts), sum(float(g.delta or 0.0) for g in parts)
+        params = {"composition": "basic: epsilons and deltas add up"}
+    sources = sorted({g.noise_source for g in parts if g.noise_source})
+    return Guarantee(kind="composed", unit=unit, epsilon=eps, delta=dlt, mechanism="composition of "
+                     + " + ".join(g.mechanism for g in parts), parameters=params, released=released,
+                     not_guaranteed=tuple(dict.fromkeys(x for g in parts for x in g.not_guaranteed)) + tuple(not_guaranteed),
+                     non_private_inputs=npi, derived_from=parts, noise_source="; ".join(sources) or None)

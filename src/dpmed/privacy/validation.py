@@ -13,8 +13,8 @@ all of them at once:
   buffers are updated from private data outside the mechanism).
 * In-place activations / dropout (``inplace=True``): they overwrite the activations that
   Opacus' backward hooks saved, so per-sample gradients are wrong or the backward fails.
-* For ``grad_sample_mode="ew"`` (PyTorch expanded weights) only a few layer types are
-  supported; any other trainable layer is refused.
+* For ``grad_sample_mode="bk"`` every trainable layer needs a registered rule
+  (:mod:`dpmed.training.bk`); any other trainable layer is refused.
 * The model must be in training mode (Opacus requirement).
 """
 
@@ -26,22 +26,10 @@ from dpmed.errors import PrivacyError
 
 __all__ = ["privatisation_problems", "assert_privatisable", "GRAD_SAMPLE_MODES"]
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+#: The one list of per-sample clipping modes (dpmed.training.engine.privatise implements them).
+GRAD_SAMPLE_MODES = ("bk", "hooks", "functorch")
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-# Layer types torch's expanded-weights per-sample gradients support.
-_EW_SUPPORTED = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.Embedding,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
 
 
 def _label(name: str, module: nn.Module) -> str:
@@ -54,7 +42,7 @@ def _first_sentence(text: str) -> str:
     return text if cut < 0 else text[: cut + 1]
 
 
-def privatisation_problems(model: nn.Module, grad_sample_mode: str = "hooks") -> list[str]:
+def privatisation_problems(model: nn.Module, grad_sample_mode: str = "bk") -> list[str]:
     """All reasons ``model`` cannot be trained with Opacus DP-SGD (empty list: fine)."""
     from opacus.validators import ModuleValidator
 
@@ -94,9 +82,12 @@ def privatisation_problems(model: nn.Module, grad_sample_mode: str = "hooks") ->
                 f"use {type(module).__name__}(inplace=False)"
             )
 
-        # 4. expanded weights supports only a few layer types
-        if grad_sample_mode == "ew" and own_params and not isinstance(module, _EW_SUPPORTED):
-            problems.append(f"{label}: grad_sample_mode='ew' cannot compute per-sample gradients for this layer")
+
+    # 4. bk needs a registered rule for every trainable layer
+    if grad_sample_mode == "bk":
+        from dpmed.training.bk import bk_problems
+
+        problems += [p for p in bk_problems(model) if p not in problems]
 
     # 5. anything else Opacus' whole-model validation finds that we did not already name
     named = " ".join(problems)
@@ -109,7 +100,7 @@ def privatisation_problems(model: nn.Module, grad_sample_mode: str = "hooks") ->
     return problems
 
 
-def assert_privatisable(model: nn.Module, grad_sample_mode: str = "hooks") -> None:
+def assert_privatisable(model: nn.Module, grad_sample_mode: str = "bk") -> None:
     """Raise :class:`PrivacyError` listing every submodule that prevents DP-SGD training."""
     problems = privatisation_problems(model, grad_sample_mode)
     if problems:

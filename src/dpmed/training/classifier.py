@@ -1,63 +1,35 @@
-"""Train one multi-label classifier (ResNet9-GN, 2D or ACS 3D), non-private or with DP-SGD.
+"""The classification task on top of the training engine (methods A of the study).
 
-Entry point: :func:`train_classifier`. Methods A of the reference (``methods.md``).
+:func:`train_classifier` trains one multi-label classifier (ResNet9-GN, 2D or ACS 3D),
+non-private or with DP-SGD, through :class:`dpmed.training.engine.PrivateTrainer`; this
+module holds only what is specific to classification: the loss and its class weights, the
+validation AUROC per epoch (:func:`dpmed.evaluation.mean_auroc`), predictions and outputs.
 
-Modes
------
-``epsilon = inf`` (non-private)
-    NAdam (``settings["lr"]``), BCE-with-logits weighted by ``pos_weight`` (given by the
-    caller, else the training split's inverted class frequencies ``(N - n_pos) / n_pos``),
-    shuffled mini-batches of ``batch_size`` (``ceil(N / batch_size)`` steps per epoch),
-    rotation ±10° / horizontal-flip augmentation if ``settings["augment"]``.
-finite ``epsilon`` (DP-SGD through Opacus)
-    * Poisson sampling with ``q = batch_size / N_train`` exactly (an Opacus ``DPDataLoader``
-      built with that rate; Opacus' own ``1/len(loader)`` would round q);
-    * **steps rule**: ``steps_per_epoch = round(1 / q) = round(N / batch_size)`` (half up),
-      ``steps = epochs * steps_per_epoch`` -- every epoch draws exactly that many Poisson
-      batches (so one epoch processes N records in expectation);
-    * ``sigma = calibrate_noise_multiplier(epsilon, delta, q, steps, accountant, rel_tol)`` for
-      exactly those steps, so the target is reached at the last step;
-    * per-sample clipping to ``max_grad_norm``, noise and the mean over the *expected*
-      batch size ``q N = batch_size`` by Opacus' DP optimizer (via :func:`dpmed.training.dp.make_private`);
-    * physical batches of at most ``physical_batch_size`` by Opacus' ``BatchMemoryManager``
-      (one logical Poisson batch = one noisy step);
-    * no augmentation; the loss is weighted only by the ``pos_weight`` the caller passes
-      (computed on a public cohort) or unweighted -- class frequencies of the private
-      training labels would leak outside the mechanism and are never computed here;
-    * :func:`dpmed.privacy.validation.assert_privatisable` runs before any step;
-    * every step actually run is recorded in a :class:`~dpmed.privacy.accounting.DPSGDAccountant`;
-      ``epsilon_spent`` in ``privacy.json`` is that accountant's ε after training.
+Loss: BCE-with-logits with ``pos_weight``, the mean over labels per sample (the engine clips
+and averages per sample). Non-private: ``pos_weight`` given by the caller, else the training
+split's inverted class frequencies ``(N - n_pos) / n_pos``; augmentation (rotation ±10°,
+horizontal flip) if ``settings["augment"]``. DP: ``pos_weight`` only from the caller (computed
+on a public cohort: :func:`public_class_weights`) or unweighted -- class frequencies of the
+private labels would leak outside the mechanism and are never computed; no augmentation;
+:func:`dpmed.privacy.validation.assert_privatisable` runs before anything else.
 
 Model selection: the released model is the last epoch's (ε is calibrated for the full run);
 ``history.csv`` holds the validation AUROC per epoch (validation split only, never test).
 
-Checkpoint / resume / determinism
----------------------------------
-At the end of every epoch ``out_dir/checkpoint.pt`` is replaced atomically (temp file +
-``os.replace``). It holds the model and optimizer state, the accountant state, the history,
-and every random state the run consumes: torch's global RNG (and CUDA's), numpy's, Python's,
-and the run's own generators -- the Poisson/shuffle sampler generator, the DP noise generator
-and the augmentation generator. A run that finds a checkpoint whose *fingerprint* (all
-arguments that influence training) matches resumes after the last completed epoch and
-produces bit-identical weights, steps and ε to the uninterrupted run (tested). A checkpoint
-with a different fingerprint is refused (:class:`ConfigError`) rather than silently mixed.
-On CPU the run is deterministic: fixed seeds, ``torch.use_deterministic_algorithms(True)``
-for the duration of the call (restored afterwards), data loading order fixed by the
-generators (``num_workers`` does not change the order or the values).
-``checkpoint.pt`` is deleted only after ``model.pt``, ``history.csv``, ``predictions.parquet``
-and ``privacy.json`` are all written (``settings["keep_checkpoint"] = True`` keeps it).
+Checkpoint / resume: the engine writes the checkpoint (under the private directory: it holds
+the secret noise seed) after every epoch; its fingerprint covers the settings and a hash of
+the training images and labels, so a run whose data changed is refused rather than mixed.
+The checkpoint is deleted once ``model.pt``, ``history.csv``, ``predictions.parquet`` and
+``privacy.json`` are written (``settings["keep_checkpoint"] = True`` keeps it).
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import math
-import os
-import random
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -65,23 +37,24 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+import torch.nn.functional as F
 
-from dpmed.errors import ConfigError, PrivacyError
+from dpmed.errors import ConfigError
+from dpmed.evaluation import mean_auroc
 from dpmed.io.atomic import atomic_path, write_csv, write_parquet
+from dpmed.privacy.guarantee import NonPrivateInput
 from dpmed.training.augment import augment_batch
 from dpmed.training.data import DEFAULT_MEAN, DEFAULT_STD, CacheDataset, read_manifest
+from dpmed.training.engine import EngineSettings, PrivateTrainer, seed_globals
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
-
-#: grad_sample_mode used when settings do not name one. ``bk`` is dp.py's single-pass exact
-#: per-sample clipping, the fastest mode on CPU (dp.py docstring; benchmarks/dp_overhead.py).
+#: grad_sample_mode used when settings do not name one: dpmed's exact single-pass clipping,
+#: the fastest on CPU (benchmarks/dp_overhead.py).
 DEFAULT_GRAD_SAMPLE_MODE = "bk"
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_auroc", "epsilon", "steps", "seconds"]
 
 
 # =====================================================================================
-# settings
+# settings and outputs
 # =====================================================================================
 @dataclass(frozen=True)
 class TrainSettings:
@@ -115,50 +88,56 @@ class TrainSettings:
         missing = [k for k in ("epochs", "batch_size", "lr") if settings.get(k) is None]
         if missing:
             raise ConfigError(f"training settings need {missing}")
-        kw = {k: v for k, v in settings.items() if v is not None}
+        types = {"epochs": int, "batch_size": int, "lr": float, "physical_batch_size": int, "max_grad_norm": float,
+                 "delta": float, "accountant": str, "calibration_rel_tol": float, "grad_sample_mode": str,
+                 "augment": bool, "norm_mean": float, "norm_std": float, "eval_batch_size": int, "num_workers": int,
+                 "keep_checkpoint": bool, "in_memory_max_bytes": int}
         try:
-            s = cls(**kw)
-            s = cls(
-                epochs=int(s.epochs), batch_size=int(s.batch_size), lr=float(s.lr),
-                physical_batch_size=int(s.physical_batch_size or s.batch_size),
-                max_grad_norm=float(s.max_grad_norm),
-                delta=None if s.delta is None else float(s.delta),
-                accountant=str(s.accountant), calibration_rel_tol=float(s.calibration_rel_tol),
-                grad_sample_mode=str(s.grad_sample_mode), augment=bool(s.augment),
-                norm_mean=float(s.norm_mean), norm_std=float(s.norm_std),
-                eval_batch_size=int(s.eval_batch_size), num_workers=int(s.num_workers),
-                keep_checkpoint=bool(s.keep_checkpoint), in_memory_max_bytes=int(s.in_memory_max_bytes),
-            )
+            s = cls(**{k: types[k](v) for k, v in settings.items() if v is not None})
         except (TypeError, ValueError) as e:
             raise ConfigError(f"invalid training settings {dict(settings)!r}: {e}") from None
-        if s.epochs < 1 or s.batch_size < 1 or s.physical_batch_size < 1 or s.eval_batch_size < 1:
+        if s.epochs < 1 or s.batch_size < 1 or (s.physical_batch_size or 1) < 1 or s.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size, physical_batch_size and eval_batch_size must be >= 1")
         if not (s.lr > 0) or not (s.max_grad_norm > 0) or not (s.norm_std > 0):
             raise ConfigError("lr, max_grad_norm and norm_std must be > 0")
         return s
 
+    def engine(self, epsilon: float) -> EngineSettings:
+        """The engine's share of the settings for a run at ``epsilon``."""
+        if math.isfinite(epsilon) and self.augment:
+            raise ConfigError("augmentation is for non-private training only (settings['augment'] must be false under DP)")
+        return EngineSettings(
+            epochs=self.epochs, batch_size=self.batch_size, epsilon=epsilon, delta=self.delta,
+            max_grad_norm=self.max_grad_norm, physical_batch_size=self.physical_batch_size,
+            accountant=self.accountant, calibration_rel_tol=self.calibration_rel_tol,
+            grad_sample_mode=self.grad_sample_mode, num_workers=self.num_workers,
+        )
+
+
+@dataclass(frozen=True)
+class ClassifierOutputs:
+    """The files a run writes (explicit paths; ``predictions`` None: not written)."""
+
+    model: Path
+    history: Path
+    privacy: Path
+    predictions: Path | None = None
+
+    @classmethod
+    def in_folder(cls, folder: str | Path, predictions: bool = True) -> "ClassifierOutputs":
+        """``model.pt``, ``history.csv``, ``privacy.json`` (and ``predictions.parquet``) in ``folder``."""
+        f = Path(folder)
+        return cls(f / "model.pt", f / "history.csv", f / "privacy.json",
+                   f / "predictions.parquet" if predictions else None)
+
 
 # =====================================================================================
 # helpers
 # =====================================================================================
-class _Stop(Exception):
-    """Raised by a test hook to simulate a killed job."""
-
-
-def _on_epoch_end(epoch: int, out_dir: Path) -> None:
-    """Called after each epoch's checkpoint is written (tests patch it to simulate a kill)."""
-
-
 def _resolve_device(device: str) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _seeds(seed: int) -> list[int]:
-    """Independent 63-bit seeds for: model init/global torch, numpy, python, sampler, noise, augment."""
-    ss = np.random.SeedSequence(int(seed))
-    return [int(x) & ((1 << 63) - 1) for x in ss.generate_state(6, dtype=np.uint64)]
 
 
 def _pos_weight_tensor(pos_weight, labels: Sequence[str]) -> torch.Tensor | None:
@@ -189,21 +168,6 @@ def class_balance_pos_weight(targets: torch.Tensor) -> torch.Tensor:
     n = targets.shape[0]
     n_pos = targets.sum(0).clamp_min(1.0)
     return ((n - n_pos) / n_pos).clamp_min(1e-6).to(torch.float32)
-
-
-def mean_auroc(y: np.ndarray, s: np.ndarray) -> tuple[float, list[float]]:
-    """Mean AUROC over labels with both classes present (NaN if none), and per label."""
-    from sklearn.metrics import roc_auc_score
-
-    per = []
-    for j in range(y.shape[1]):
-        yj = y[:, j]
-        if len(yj) == 0 or yj.min() == yj.max():
-            per.append(float("nan"))
-        else:
-            per.append(float(roc_auc_score(yj, s[:, j])))
-    vals = [v for v in per if not math.isnan(v)]
-    return (float(np.mean(vals)) if vals else float("nan")), per
 
 
 @torch.no_grad()
@@ -263,40 +227,6 @@ def _init_from(net: nn.Module, init_weights, labels: Sequence[str]) -> dict:
     return {"path": str(init_weights), "head_reinitialised": bool(skip), "source_labels": src_labels}
 
 
-def _rng_state(gens: Mapping[str, torch.Generator]) -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    st = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
-        "generators": {k: g.get_state() for k, g in gens.items()},
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict, gens: Mapping[str, torch.Generator]) -> None:
-    torch.set_rng_state(st["torch"])
-    n = st["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = st["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    for k, g in gens.items():
-        g.set_state(st["generators"][k])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _save_checkpoint(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _max_records_per_patient(manifest: pd.DataFrame, train_ids: Sequence[str]) -> int | None:
     if "patient_id" not in manifest.columns:
         return None
@@ -308,421 +238,289 @@ def _max_records_per_patient(manifest: pd.DataFrame, train_ids: Sequence[str]) -
     return int(m.groupby("patient_id").size().max())
 
 
-def _npi_entries(items: Iterable) -> list[dict]:
+def public_class_weights(manifest, labels: Sequence[str], cohort: str) -> tuple[list[float], NonPrivateInput]:
+    """BCE ``pos_weight`` ``(N - n_pos) / n_pos`` from a PUBLIC cohort's training labels, and
+    the entry saying so on the card (the private labels stay inside the DP mechanism)."""
+    public = read_manifest(manifest)
+    public = public[public["split"] == "train"]
+    missing = [f"label_{lb}" for lb in labels if f"label_{lb}" not in public.columns]
+    if missing:
+        raise ConfigError(f"public cohort {cohort}: manifest has no column(s) {missing}")
+    positives = np.array([public[f"label_{lb}"].sum() for lb in labels], dtype=float)
+    weights = ((len(public) - positives) / np.maximum(positives, 1.0)).tolist()
+    return weights, NonPrivateInput("BCE class weights", f"training labels of the public cohort {cohort} (no private data)")
+
+
+def hash_dataset(ds: CacheDataset) -> str:
+    """SHA-256 of what a run reads: record ids, image bytes and labels (a resumed run whose data
+    changed in any of them is refused)."""
+    import h5py
+
+    h = hashlib.sha256()
+    for r in ds.record_ids:
+        h.update(r.encode() + b"\0")
+    if ds._memory is not None:
+        h.update(np.ascontiguousarray(ds._memory).tobytes())
+    else:
+        with h5py.File(ds.path, "r") as fh:
+            images = fh["images"]
+            for i in range(0, ds.n, 256):
+                h.update(np.ascontiguousarray(images[i:i + 256]).tobytes())
+    h.update(ds.targets.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _non_private_inputs(items: Iterable) -> list[NonPrivateInput]:
     out = []
     for it in items or ():
-        if isinstance(it, str):
-            out.append({"what": it, "source": "given by the caller"})
-        elif isinstance(it, Mapping):
-            out.append({"what": str(it.get("what", "")), "source": str(it.get("source", ""))})
+        if isinstance(it, NonPrivateInput):
+            out.append(it)
+        elif isinstance(it, str):
+            out.append(NonPrivateInput(it, "given by the caller"))
+        elif isinstance(it, Mapping) and it.get("what") and it.get("source"):
+            out.append(NonPrivateInput(str(it["what"]), str(it["source"])))
         else:
             raise ConfigError(f"non_private_inputs entries must be strings or {{what, source}} mappings, got {it!r}")
     return out
 
 
+def bce_per_sample(pos_weight: torch.Tensor | None):
+    """The task's step: per-sample BCE-with-logits (mean over labels), optionally augmented."""
+
+    def losses(model: nn.Module, batch, augment: torch.Generator | None = None) -> torch.Tensor:
+        x, y = batch
+        if augment is not None:
+            x = augment_batch(x, augment)
+        out = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight, reduction="none")
+        return out.reshape(len(x), -1).mean(1)
+
+    return losses
+
+
 # =====================================================================================
 # main entry point
 # =====================================================================================
-def train_classifier(
-    *,
-    train_h5,
-    val_h5,
-    test_h5,
-    manifest,
-    labels: Sequence[str],
-    out_dir,
-    epsilon: float,
-    settings: Mapping[str, Any],
-    model_cfg: Mapping[str, Any],
-    seed: int,
-    device: str = "auto",
-    threads: int = 1,
-    init_weights=None,
-    pos_weight=None,
-    non_private_inputs: Iterable = (),
-) -> dict:
-    """Train, evaluate on val/test, write ``model.pt``, ``history.csv``,
-    ``predictions.parquet`` and ``privacy.json`` into ``out_dir``; see the module docstring.
-
-    Parameters
-    ----------
-    train_h5, val_h5, test_h5: HDF5 caches (``val_h5``/``test_h5`` may be None: not evaluated).
-    manifest: ``manifest.parquet`` path or DataFrame (labels ``label_<name>``, demographics).
-    labels: label names, in model output order.
-    epsilon: target ε (``math.inf`` → non-private).
-    settings: see :class:`TrainSettings` for the keys.
-    model_cfg: :func:`dpmed.models.build_model` config; ``num_labels`` is set to ``len(labels)``.
-        Without an ``activation`` the network uses Mish under DP and ReLU otherwise (methods.md A).
-    seed: all randomness derives from it.
-    device: ``"auto"`` (CUDA if available, else CPU) or a torch device string.
-    threads: ``torch.set_num_threads`` for the call.
-    init_weights: a ``model.pt`` to start from (2D weights are converted for a 3D model; the
-        head is re-initialised if its labels differ from ``labels``).
-    pos_weight: BCE ``pos_weight`` (scalar, sequence in label order or {label: w}). Non-private:
-        ``None`` → inverted class frequencies of the training split. DP: ``None`` → unweighted.
-    non_private_inputs: extra inputs outside the DP mechanism for the privacy card
-        (strings or ``{"what", "source"}`` mappings), e.g. the public pretraining cohort.
-
-    Returns a dict with ``epsilon_spent``, ``noise_multiplier``, ``sample_rate``, ``steps``,
-    ``steps_per_epoch``, ``epochs``, ``val_auroc``, ``test_auroc``, ``history`` (list of rows),
-    ``loss_pos_weight`` (the weight the loss used, or None), ``seconds_per_epoch``, ``out_dir``,
-    ``privacy_card``, ``resumed_from_epoch``.
-    """
-    from dpmed.models import build_model
-
-    s = TrainSettings.from_mapping(settings)
-    labels = list(labels)
-    if not labels or len(set(labels)) != len(labels):
-        raise ConfigError(f"labels must be a non-empty list of unique names, got {labels}")
-    try:
-        eps_target = float(epsilon)
-    except (TypeError, ValueError):
-        raise ConfigError(f"epsilon must be a number or inf, got {epsilon!r}") from None
-    if math.isnan(eps_target) or eps_target <= 0:
-        raise ConfigError(f"epsilon must be > 0 (or inf), got {epsilon!r}")
-    private = math.isfinite(eps_target)
-    if private:
-        if s.delta is None or not (0 < s.delta < 1):
-            raise ConfigError(f"DP training needs settings['delta'] in (0, 1), got {s.delta!r}")
-        if s.augment:
-            raise ConfigError("augmentation is for non-private training only (settings['augment'] must be false under DP)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dev = _resolve_device(device)
-
-    prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    prev_det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(max(1, int(threads)))
-    torch.use_deterministic_algorithms(True, warn_only=dev.type != "cpu")
-    try:
-        return _train(
-            s=s, train_h5=train_h5, val_h5=val_h5, test_h5=test_h5, manifest=manifest, labels=labels,
-            out_dir=out_dir, eps_target=eps_target, private=private, model_cfg=model_cfg, seed=int(seed),
-            dev=dev, init_weights=init_weights, pos_weight=pos_weight,
-            non_private_inputs=non_private_inputs, build_model=build_model,
-        )
-    finally:
-        torch.set_num_threads(prev_threads)
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_det_warn)
+@dataclass
+class _Data:
+    man: pd.DataFrame
+    train: CacheDataset
+    val: CacheDataset | None
+    test: CacheDataset | None
 
 
-def _train(*, s: TrainSettings, train_h5, val_h5, test_h5, manifest, labels, out_dir: Path, eps_target: float,
-           private: bool, model_cfg, seed: int, dev: torch.device, init_weights, pos_weight,
-           non_private_inputs, build_model) -> dict:
-    t_start = time.perf_counter()
+def _load_data(train_h5, val_h5, test_h5, manifest, labels, s: TrainSettings, channels: int) -> _Data:
     man = read_manifest(manifest)
+    kw = dict(channels=channels, mean=s.norm_mean, std=s.norm_std, in_memory_max_bytes=s.in_memory_max_bytes)
+    train = CacheDataset(train_h5, man, labels, **kw)
+    if len(train) == 0:
+        raise ConfigError(f"training cache {train_h5} is empty")
+    return _Data(man, train, CacheDataset(val_h5, man, labels, **kw) if val_h5 is not None else None,
+                 CacheDataset(test_h5, man, labels, **kw) if test_h5 is not None else None)
+
+
+def _model_config(model_cfg, labels, private: bool) -> dict:
     cfg = dict(model_cfg)
     if cfg.get("activation") is None:  # the study's choice: Mish under DP, ReLU otherwise
         cfg["activation"] = "mish" if private else "relu"
     if cfg.get("num_labels") is not None and int(cfg["num_labels"]) != len(labels):
         raise ConfigError(f"model_cfg num_labels={cfg['num_labels']} but {len(labels)} labels given")
     cfg["num_labels"] = len(labels)
-    channels = int(cfg.get("in_channels") or 1)
-    ds_kw = dict(channels=channels, mean=s.norm_mean, std=s.norm_std, in_memory_max_bytes=s.in_memory_max_bytes)
-    train_ds = CacheDataset(train_h5, man, labels, **ds_kw)
-    val_ds = CacheDataset(val_h5, man, labels, **ds_kw) if val_h5 is not None else None
-    test_ds = CacheDataset(test_h5, man, labels, **ds_kw) if test_h5 is not None else None
-    n_train = len(train_ds)
-    if n_train == 0:
-        raise ConfigError(f"training cache {train_h5} is empty")
+    return cfg
 
-    seeds = _seeds(seed)
-    torch.manual_seed(seeds[0])
-    np.random.seed(seeds[1] % 2**32)
-    random.seed(seeds[2])
-    net = build_model(cfg).to(dev)
-    cfg = net.config() if hasattr(net, "config") else cfg
-    if private and s.augment:
-        raise ConfigError("no augmentation under DP")
-    init_info = _init_from(net, init_weights, labels) if init_weights is not None else None
-    net = net.to(dev)
-    net.train()
+
+def _loss_weights(pos_weight, labels, train: CacheDataset, private: bool):
+    """(weights or None, where they came from). Under DP only the caller's weights (public data)."""
+    pw = _pos_weight_tensor(pos_weight, labels)
+    if pw is not None:
+        return pw, "given by the caller (must come from public data)" if private else "given by the caller"
     if private:
-        from dpmed.privacy.validation import GRAD_SAMPLE_MODES, assert_privatisable
+        return None, None
+    return class_balance_pos_weight(train.targets), "inverted class frequencies of the training split (non-private)"
 
-        # refuse BatchNorm & co. before anything else (calibration, data loading, any step)
-        assert_privatisable(net, s.grad_sample_mode if s.grad_sample_mode in GRAD_SAMPLE_MODES else "hooks")
 
-    gens = {
-        "sampler": torch.Generator().manual_seed(seeds[3]),
-        "noise": torch.Generator(device=dev).manual_seed(seeds[4]),
-        "augment": torch.Generator().manual_seed(seeds[5]),
-    }
-
-    # ---------------------------------------------------------------- loss weights
-    if private:
-        # Under DP the weights come ONLY from the caller (public cohort) -- never from the
-        # private training labels, which would leak outside the mechanism.
-        pw = _pos_weight_tensor(pos_weight, labels)
-        pw_source = None if pw is None else "given by the caller (must come from public data)"
-    else:
-        pw = _pos_weight_tensor(pos_weight, labels)
-        pw_source = "given by the caller"
-        if pw is None:
-            pw = class_balance_pos_weight(train_ds.targets)
-            pw_source = "inverted class frequencies of the training split (non-private)"
-    criterion = nn.BCEWithLogitsLoss(pos_weight=None if pw is None else pw.to(dev))
-
-    base_opt = torch.optim.NAdam(net.parameters(), lr=s.lr)
-
-    # ---------------------------------------------------------------- plan
-    sigma = 0.0
-    q = None
-    if private:
-        if s.batch_size > n_train:
-            raise ConfigError(f"batch_size {s.batch_size} exceeds the {n_train} training records")
-        q = s.batch_size / n_train
-        steps_per_epoch = max(1, int(math.floor(n_train / s.batch_size + 0.5)))  # round(1/q), half up
-    else:
-        steps_per_epoch = math.ceil(n_train / s.batch_size)
-    total_steps = s.epochs * steps_per_epoch
-
-    fingerprint = json.dumps({
+def _fingerprint(s: TrainSettings, labels, cfg, seed, epsilon, data: _Data, init_weights, pw, dev) -> str:
+    return json.dumps({
         "settings": {k: v for k, v in asdict(s).items() if k not in ("keep_checkpoint", "num_workers", "eval_batch_size")},
-        "labels": labels, "model_cfg": cfg, "seed": seed, "epsilon": repr(eps_target),
-        "n_train": n_train, "train_ids_hash": hash_ids(train_ds.record_ids),
+        "labels": list(labels), "model_cfg": cfg, "seed": seed, "epsilon": repr(epsilon),
+        "train_data_sha256": hash_dataset(data.train),
         "init_weights": None if init_weights is None else str(init_weights),
         "pos_weight": None if pw is None else pw.tolist(), "device": dev.type,
     }, sort_keys=True)
 
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    ckpt = None
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{ckpt_path} was written by a run with different inputs/settings; "
-                "delete it to start afresh (refusing to mix two runs)"
-            )
 
-    accountant = None
-    if private:
-        from dpmed.privacy.accounting import DPSGDAccountant, calibrate_noise_multiplier
+def train_classifier(
+    *, train_h5, val_h5, test_h5, manifest, labels: Sequence[str], outputs: ClassifierOutputs,
+    checkpoint: str | Path | None, epsilon: float, settings: Mapping[str, Any], model_cfg: Mapping[str, Any],
+    seed: int, device: str = "auto", threads: int = 1, init_weights=None, pos_weight=None,
+    non_private_inputs: Iterable = (),
+) -> dict:
+    """Train, evaluate on val/test and write ``outputs``; see the module docstring.
 
-        if ckpt is not None:
-            sigma = float(ckpt["noise_multiplier"])
-        else:
-            sigma = float(calibrate_noise_multiplier(
-                eps_target, s.delta, q, total_steps, accountant=s.accountant, rel_tol=s.calibration_rel_tol,
-            ))
-        accountant = DPSGDAccountant(noise_multiplier=sigma, sample_rate=q)
+    Parameters
+    ----------
+    train_h5, val_h5, test_h5: HDF5 caches (``val_h5``/``test_h5`` may be None: not evaluated).
+    manifest: ``manifest.parquet`` path or DataFrame (labels ``label_<name>``, demographics).
+    labels: label names, in model output order.
+    outputs: where the model, history, card (and predictions) go.
+    checkpoint: the resumable state's path, under the private directory (it holds the secret
+        noise seed); None: no checkpoint.
+    epsilon: target ε (``math.inf`` → non-private).
+    settings: see :class:`TrainSettings` for the keys.
+    model_cfg: :func:`dpmed.models.build_model` config; ``num_labels`` is set to ``len(labels)``.
+        Without an ``activation`` the network uses Mish under DP and ReLU otherwise.
+    seed: the public randomness (initialisation, shuffling, augmentation) derives from it.
+    device: ``"auto"`` (CUDA if available, else CPU) or a torch device string.
+    threads: ``torch.set_num_threads`` for the call.
+    init_weights: a ``model.pt`` to start from (2D weights are converted for a 3D model; the
+        head is re-initialised if its labels differ from ``labels``).
+    pos_weight: BCE ``pos_weight`` (scalar, sequence in label order or {label: w}). Non-private:
+        ``None`` → inverted class frequencies of the training split. DP: ``None`` → unweighted.
+    non_private_inputs: extra inputs outside the DP mechanism for the card (strings,
+        ``{"what", "source"}`` mappings or :class:`NonPrivateInput`).
 
-    # ---------------------------------------------------------------- loaders / privatisation
-    if private:
-        from opacus.data_loader import DPDataLoader
-        from opacus.utils.batch_memory_manager import BatchMemoryManager
+    Returns
+    -------
+    dict with ``epsilon_spent``, ``noise_multiplier``, ``sample_rate``, ``steps``,
+    ``steps_per_epoch``, ``epochs``, ``val_auroc``, ``test_auroc``, ``history``,
+    ``loss_pos_weight``, ``pos_weight_source``, ``seconds_per_epoch``, ``seconds``,
+    ``privacy_card``, ``resumed_from_epoch``, ``init``.
 
-        from dpmed.training.dp import make_private, step_on_empty_batch
+    Raises
+    ------
+    ConfigError: invalid settings/labels/ε, or a checkpoint of a different run.
+    PrivacyError: a model that cannot be trained with DP-SGD (before any step).
+    """
+    s = TrainSettings.from_mapping(settings)
+    labels = list(labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise ConfigError(f"labels must be a non-empty list of unique names, got {labels}")
+    try:
+        eps = float(epsilon)
+    except (TypeError, ValueError):
+        raise ConfigError(f"epsilon must be a number or inf, got {epsilon!r}") from None
+    engine_settings = s.engine(eps)
+    dev = _resolve_device(device)
+    prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.set_num_threads(max(1, int(threads)))
+    torch.use_deterministic_algorithms(True, warn_only=dev.type != "cpu")
+    try:
+        return _train(s, engine_settings, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoint,
+                      model_cfg, int(seed), dev, init_weights, pos_weight, non_private_inputs)
+    finally:
+        torch.set_num_threads(prev[0])
+        torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
 
-        loader = DPDataLoader(train_ds, sample_rate=q, generator=gens["sampler"], num_workers=s.num_workers)
-        loader.batch_sampler.steps = steps_per_epoch  # Opacus default int(1/q); our rule: round(1/q)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            priv = make_private(
-                net, base_opt, loader, noise_multiplier=sigma, max_grad_norm=s.max_grad_norm,
-                grad_sample_mode=s.grad_sample_mode, poisson_sampling=False, criterion=criterion,
-                noise_generator=gens["noise"],
-            )
-        model, optimizer, crit, loader = priv
-        # mean over the EXPECTED batch size q*N = batch_size (Opacus would use int(N/len(loader)))
-        optimizer.expected_batch_size = s.batch_size
-        step_counter = {"n": 0}
-        prev_hook = optimizer.step_hook
 
-        def _hook(opt, _prev=prev_hook):
-            if _prev is not None:
-                _prev(opt)
-            step_counter["n"] += 1
-            accountant.step()
+def _train(s, es, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoint, model_cfg, seed, dev,
+           init_weights, pos_weight, non_private_inputs) -> dict:
+    from dpmed.models import build_model
 
-        optimizer.attach_step_hook(_hook)
-    else:
-        loader = DataLoader(train_ds, batch_size=s.batch_size, shuffle=True, generator=gens["sampler"],
-                            num_workers=s.num_workers, drop_last=False)
-        model, optimizer, crit = net, base_opt, criterion
+    t_start = time.perf_counter()
+    cfg = _model_config(model_cfg, labels, es.private)
+    data = _load_data(train_h5, val_h5, test_h5, manifest, labels, s, int(cfg.get("in_channels") or 1))
+    seed_globals(seed)
+    net = build_model(cfg).to(dev)
+    cfg = net.config() if hasattr(net, "config") else cfg
+    init_info = _init_from(net, init_weights, labels) if init_weights is not None else None
+    net.train()
+    if es.private:  # refuse BatchNorm & co. before anything else (calibration, data loading, any step)
+        from dpmed.privacy.validation import assert_privatisable
 
-    # ---------------------------------------------------------------- resume
-    history: list[dict] = []
-    start_epoch = 0
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        base_opt.load_state_dict(ckpt["optimizer"])
-        history = list(ckpt["history"])
-        start_epoch = int(ckpt["epoch"])
-        if accountant is not None:
-            accountant.load_state_dict(ckpt["accountant"])
-        _set_rng_state(ckpt["rng"], gens)
-    resumed_from = start_epoch if ckpt is not None else None
+        assert_privatisable(net, es.grad_sample_mode)
+    pw, pw_source = _loss_weights(pos_weight, labels, data.train, es.private)
+    trainer = PrivateTrainer(es, net, torch.optim.NAdam(net.parameters(), lr=s.lr), data.train, seed=seed,
+                             device=dev, checkpoint=checkpoint,
+                             fingerprint=_fingerprint(s, labels, cfg, seed, es.epsilon, data, init_weights, pw, dev))
+    losses = bce_per_sample(None if pw is None else pw.to(dev))
+    augment = trainer.task_generator if s.augment else None
 
-    # ---------------------------------------------------------------- epochs
-    epoch_times = []
-    for epoch in range(start_epoch, s.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        loss_sum, n_seen = 0.0, 0
-        if private:
-            before = step_counter["n"]
-            with warnings.catch_warnings(), BatchMemoryManager(data_loader=loader, max_physical_batch_size=s.physical_batch_size,
-                                    optimizer=optimizer) as mem_loader:
-                # Opacus' hooks on the first layer (input needs no grad): harmless, not actionable
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                for x, y in mem_loader:
-                    if len(x) == 0:  # empty Poisson batch: a pure-noise step (accounted)
-                        step_on_empty_batch(optimizer)
-                        optimizer.zero_grad()
-                        continue
-                    x, y = x.to(dev), y.to(dev)
-                    loss = crit(model(x), y)
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    loss_sum += float(loss.item()) * len(x)
-                    n_seen += len(x)
-            done = step_counter["n"] - before
-            if done != steps_per_epoch:
-                raise PrivacyError(f"epoch {epoch + 1}: {done} DP steps run, {steps_per_epoch} planned")
-        else:
-            for x, y in loader:
-                x, y = x.to(dev), y.to(dev)
-                if s.augment:
-                    x = augment_batch(x, gens["augment"])
-                optimizer.zero_grad()
-                for xc, yc in zip(x.split(s.physical_batch_size), y.split(s.physical_batch_size)):
-                    loss = crit(model(xc), yc) * (len(xc) / len(x))
-                    loss.backward()
-                    loss_sum += float(loss.item()) * len(x)
-                n_seen += len(x)
-                optimizer.step()
-        row = {
-            "epoch": epoch + 1,
-            # Under DP the training loss is an un-noised statistic of the private records:
-            # it would escape the mechanism, so it is not recorded.
-            "train_loss": float("nan") if private else loss_sum / max(n_seen, 1),
-            "val_auroc": float("nan"),
-            "epsilon": accountant.epsilon(s.delta, s.accountant) if private else math.inf,
-            "steps": (epoch + 1) * steps_per_epoch,
-        }
-        if val_ds is not None and len(val_ds):
-            row["val_auroc"] = mean_auroc(val_ds.targets.numpy(), predict(net, val_ds, s.eval_batch_size, dev))[0]
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        epoch_times.append(row["seconds"])
-        _save_checkpoint(ckpt_path, {
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": fingerprint,
-            "epoch": epoch + 1,
-            "model": net.state_dict(),
-            "optimizer": base_opt.state_dict(),
-            "rng": _rng_state(gens),
-            "accountant": None if accountant is None else accountant.state_dict(),
-            "noise_multiplier": sigma,
-            "history": history,
-        })
-        _on_epoch_end(epoch + 1, out_dir)
+    def evaluate(epoch: int) -> dict:
+        if data.val is None or not len(data.val):
+            return {"val_auroc": float("nan")}
+        return {"val_auroc": mean_auroc(data.val.targets.numpy(), predict(net, data.val, s.eval_batch_size, dev))[0]}
 
-    # ---------------------------------------------------------------- outputs
-    steps_run = accountant.steps if private else total_steps
-    if private and steps_run != total_steps:
-        raise PrivacyError(f"{steps_run} DP steps accounted, {total_steps} planned")
-    eps_spent = accountant.epsilon(s.delta, s.accountant) if private else math.inf
+    trainer.run_epochs(es.epochs - trainer.epochs_done, lambda m, b: losses(m, b, augment), evaluate=evaluate)
+    aurocs = _write_outputs(outputs, net, cfg, labels, s, trainer, data, dev)
+    npi = _card_inputs(non_private_inputs, s, init_info, pw, pw_source, es.private)
+    card = _write_card(outputs.privacy, trainer, npi, data)
+    if not s.keep_checkpoint:
+        trainer.remove_checkpoint()
+    return _result(trainer, aurocs, pw, pw_source, card, init_info, time.perf_counter() - t_start)
 
+
+def _write_outputs(outputs: ClassifierOutputs, net, cfg, labels, s: TrainSettings, trainer, data: _Data, dev) -> dict:
+    """model.pt, history.csv and predictions.parquet; returns the val/test mean AUROC."""
     net.eval()
     model_file = {
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "model_cfg": dict(cfg),
-        "labels": labels,
-        "normalization": {"mean": s.norm_mean, "std": s.norm_std, "channels": channels},
+        "model_cfg": dict(cfg), "labels": labels,
+        "normalization": {"mean": s.norm_mean, "std": s.norm_std, "channels": int(cfg.get("in_channels") or 1)},
     }
-    with atomic_path(out_dir / "model.pt") as tmp:
+    Path(outputs.model).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(outputs.model) as tmp:
         torch.save(model_file, tmp)
-
-    hist_df = pd.DataFrame(history, columns=["epoch", "train_loss", "val_auroc", "epsilon", "steps", "seconds"])
-    write_csv(hist_df, out_dir / "history.csv")
-
-    pred_frames = []
-    aurocs = {}
-    for split, ds in (("val", val_ds), ("test", test_ds)):
+    write_csv(pd.DataFrame(trainer.history, columns=HISTORY_COLUMNS), outputs.history)
+    frames, aurocs = [], {}
+    for split, ds in (("val", data.val), ("test", data.test)):
         if ds is None:
             continue
         scores = predict(net, ds, s.eval_batch_size, dev)
-        y = ds.targets.numpy()
-        aurocs[split] = mean_auroc(y, scores)[0] if len(ds) else float("nan")
-        df = pd.DataFrame({"record_id": ds.record_ids, "split": split})
-        for col in ("sex", "age", "age_group"):
-            df[col] = ds.meta[col].to_numpy() if col in ds.meta.columns else None
-        for j, lb in enumerate(labels):
-            df[f"y_{lb}"] = y[:, j].astype(np.int8)
-            df[f"score_{lb}"] = scores[:, j].astype(np.float64)
-        pred_frames.append(df)
-    cols = ["record_id", "split", "sex", "age", "age_group"] + [c for lb in labels for c in (f"y_{lb}", f"score_{lb}")]
-    preds = pd.concat(pred_frames, ignore_index=True) if pred_frames else pd.DataFrame(columns=cols)
-    write_parquet(preds[cols], out_dir / "predictions.parquet")
+        aurocs[split] = mean_auroc(ds.targets.numpy(), scores)[0] if len(ds) else float("nan")
+        frames.append(_prediction_frame(ds, split, labels, scores))
+    if outputs.predictions is not None:
+        cols = ["record_id", "split", "sex", "age", "age_group"] + [c for lb in labels for c in (f"y_{lb}", f"score_{lb}")]
+        preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+        write_parquet(preds[cols], outputs.predictions)
+    return aurocs
 
-    from dpmed.privacy.card import build_privacy_card, write_privacy_card
 
-    npi = _npi_entries(non_private_inputs)
-    npi.append({
-        "what": f"image normalisation: value_range -> [0, 1], then (x - {s.norm_mean:g}) / {s.norm_std:g}",
-        "source": "fixed constants (not computed from any data)",
-    })
+def _prediction_frame(ds: CacheDataset, split: str, labels, scores: np.ndarray) -> pd.DataFrame:
+    y = ds.targets.numpy()
+    df = pd.DataFrame({"record_id": ds.record_ids, "split": split})
+    for col in ("sex", "age", "age_group"):
+        df[col] = ds.meta[col].to_numpy() if col in ds.meta.columns else None
+    for j, lb in enumerate(labels):
+        df[f"y_{lb}"] = y[:, j].astype(np.int8)
+        df[f"score_{lb}"] = scores[:, j].astype(np.float64)
+    return df
+
+
+def _card_inputs(items, s: TrainSettings, init_info, pw, pw_source, private: bool) -> list[NonPrivateInput]:
+    npi = _non_private_inputs(items)
+    npi.append(NonPrivateInput(f"image normalisation: value_range -> [0, 1], then (x - {s.norm_mean:g}) / {s.norm_std:g}",
+                               "fixed constants (not computed from any data)"))
     if init_info is not None:
-        npi.append({"what": "initial model weights", "source": init_info["path"]})
+        npi.append(NonPrivateInput("initial model weights", init_info["path"]))
     if private and pw is not None:
-        npi.append({"what": f"BCE pos_weight {[round(v, 6) for v in pw.tolist()]}", "source": pw_source})
-    k = _max_records_per_patient(man, train_ds.record_ids)
-    extra = [
-        "history.csv's val_auroc and the reported metrics use the validation/test splits, which "
-        "DP-SGD does not protect (only training records are covered); the training loss is not "
-        "recorded under DP because it is an un-noised statistic of the training records.",
-    ]
-    if private:
-        card = build_privacy_card(
-            mechanism="dp-sgd", accountant=s.accountant, noise_multiplier=sigma, sample_rate=q,
-            steps=steps_run, epochs=s.epochs, max_grad_norm=s.max_grad_norm, delta=s.delta,
-            epsilon_target=eps_target, epsilon_spent=eps_spent, unit="record",
-            max_records_per_patient=k, non_private_inputs=npi, extra_not_guaranteed=extra,
-        )
-        card["history"] = accountant.state_dict()["history"]
-        card["grad_sample_mode"] = s.grad_sample_mode
+        npi.append(NonPrivateInput(f"BCE pos_weight {[round(v, 6) for v in pw.tolist()]}", pw_source))
+    return npi
+
+
+def _write_card(path, trainer: PrivateTrainer, npi, data: _Data) -> dict:
+    from dpmed.privacy.card import render_guarantee, write_privacy_card
+
+    g = trainer.guarantee(released="the trained model weights", non_private_inputs=npi, not_guaranteed=(
+        "history.csv's val_auroc and the reported metrics use the validation/test splits, which DP-SGD does not "
+        "protect (only training records are covered); the training loss is not recorded under DP because it is "
+        "an un-noised statistic of the training records.",))
+    card = render_guarantee(g, max_records_per_patient=_max_records_per_patient(data.man, data.train.record_ids),
+                            epochs=trainer.epochs_done)
+    if trainer.plan.private:
         card["steps_rule"] = "steps = epochs * round(1/q), q = batch_size / N_train"
-    else:
-        card = build_privacy_card(
-            mechanism="none", sample_rate=s.batch_size / n_train, steps=steps_run, epochs=s.epochs,
-            unit="record", max_records_per_patient=k, non_private_inputs=npi, extra_not_guaranteed=extra,
-        )
-    write_privacy_card(out_dir / "privacy.json", card)
+    write_privacy_card(path, card)
+    return card
 
-    if not s.keep_checkpoint and ckpt_path.exists():
-        ckpt_path.unlink()
 
+def _result(trainer: PrivateTrainer, aurocs, pw, pw_source, card, init_info, seconds) -> dict:
+    p = trainer.plan
+    times = [r["seconds"] for r in trainer.history]
     return {
-        "out_dir": str(out_dir),
-        "epsilon_target": eps_target,
-        "epsilon_spent": eps_spent,
-        "noise_multiplier": sigma,
-        "sample_rate": q if private else s.batch_size / n_train,
-        "steps": steps_run,
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": s.epochs,
-        "val_auroc": aurocs.get("val", float("nan")),
-        "test_auroc": aurocs.get("test", float("nan")),
-        "history": history,
-        "loss_pos_weight": None if pw is None else pw.tolist(),
-        "pos_weight_source": pw_source,
-        "seconds_per_epoch": float(np.mean(epoch_times)) if epoch_times else float("nan"),
-        "seconds": time.perf_counter() - t_start,
-        "privacy_card": card,
-        "resumed_from_epoch": resumed_from,
-        "init": init_info,
+        "epsilon_target": float(trainer.settings.epsilon), "epsilon_spent": trainer.epsilon(),
+        "noise_multiplier": p.noise_multiplier, "sample_rate": p.sample_rate, "steps": trainer.steps_done,
+        "steps_per_epoch": p.steps_per_epoch, "epochs": trainer.epochs_done,
+        "val_auroc": aurocs.get("val", float("nan")), "test_auroc": aurocs.get("test", float("nan")),
+        "history": list(trainer.history), "loss_pos_weight": None if pw is None else pw.tolist(),
+        "pos_weight_source": pw_source, "seconds_per_epoch": float(np.mean(times)) if times else float("nan"),
+        "seconds": seconds, "privacy_card": card, "resumed_from_epoch": trainer.resumed_from, "init": init_info,
     }
-
-
-def hash_ids(ids: Sequence[str]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for r in ids:
-        h.update(r.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
