@@ -23,7 +23,7 @@ rule ingest:
     params:
         dataset=lambda w: ingest_slice(w.dataset),
         on_bad_record=config["on_bad_record"],
-        private_dir=PRIVATE,
+        private_dir=lambda w, input: os.path.dirname(input.key),
     threads: config["workers"]
     resources:
         mem_mb=4000,
