@@ -591,10 +591,11 @@ def _split_of_patients(resolved: dict[int, dict], cfg: dict) -> dict[str, str]:
 
 def _check_split_sizes(name: str, split_of: dict[str, str], resolved: dict[int, dict], cfg: dict, rejected) -> None:
     """Every split the config asks for gets ``min_patients``: a split given in the table, or one with a
-    fraction > 0 when some patients have no given split (a test-only external cohort has none to carve)."""
+    fraction > 0 unless every record's split is fixed by the adapter (a test-only external cohort
+    listed in CBIS-DDSM's test CSVs has nothing to carve)."""
     minimum = cfg["split"]["min_patients"]
     given = {r["split"] for r in resolved.values()}
-    carved = any(r["split"] not in SPLITS for r in resolved.values())
+    carved = cfg["split"].get("column") is not None or any(r["split"] not in SPLITS for r in resolved.values())
     counts = pd.Series(list(split_of.values()), dtype=object).value_counts()
     for split in SPLITS:
         wanted = (carved and cfg["split"][split] > 0) or split in given
