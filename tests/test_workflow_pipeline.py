@@ -69,16 +69,20 @@ def test_every_model_has_its_contract(tiny_run):
 
 
 def test_privacy_costs_accuracy_in_order(tiny_run):
-    """Non-private clearly above chance; mean AUROC ordered inf >= largest eps >= smallest (CXR)."""
+    """Non-private clearly above chance; mean AUROC ordered inf >= largest eps >= smallest (CXR),
+    up to two bootstrap standard deviations: the DP noise is secret and new in every run, and at
+    this tiny scale neighbouring budgets differ by less than the test set can resolve."""
     workdir, _, config = tiny_run
-    auroc = {}
+    auroc, std = {}, {}
     for eps in eps_labels(config, "cxr"):
         m = pd.read_parquet(workdir / f"results/cxr/evaluation/dpsgd/eps_{eps}/seed_0/metrics.parquet")
         row = m[(m["label"] == "mean") & (m["subgroup"] == "all") & (m["metric"] == "auroc")]
-        auroc[eps] = float(row["mean"].iloc[0])
+        auroc[eps], std[eps] = float(row["mean"].iloc[0]), float(row["std"].iloc[0])
     labels = eps_labels(config, "cxr")
     assert auroc["inf"] > 0.62, auroc
-    assert auroc["inf"] >= auroc[labels[-2]] >= auroc[labels[0]], auroc
+    for better, worse in zip(labels[::-1], labels[::-1][1:]):
+        slack = 2 * max(std[better], std[worse])
+        assert 0 < slack < 0.05 and auroc[better] >= auroc[worse] - slack, (auroc, std)
 
 
 def test_metrics_and_summary(tiny_run):
