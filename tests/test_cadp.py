@@ -367,3 +367,34 @@ def test_inn_gradient_clipping_clips_before_the_optimizer_step():
     assert seen == [pytest.approx(0.5)] and torch.allclose(w.detach(), torch.full((4,), -0.25))
     opt.zero_grad()
     assert w.grad is None and opt.state_dict()["param_groups"][0]["lr"] == 1.0
+
+
+def test_classifier_on_privatised_images_inherits_the_local_guarantee(cohort, tmp_path):
+    from dpmed.privacy.card import read_privacy_card
+    from dpmed.training.classifier import ClassifierOutputs, train_classifier
+
+    paths, manifest = cohort
+    release = cadp_guarantee(CADPSettings(epsilon=2.0), latent_dims=256, inn_trained_on="pub/train (public cohort)",
+                             inn_on_private=False)
+    kw = dict(train_h5=paths["train"], val_h5=paths["val"], test_h5=paths["test"], manifest=manifest, labels=LABELS,
+              checkpoint=None, settings={"epochs": 1, "batch_size": 8, "lr": 1e-3},
+              model_cfg={"dims": 2, "in_channels": 1, "width": 0.125, "groups": 2}, seed=0, device="cpu",
+              inherits=release)
+    with pytest.raises(ConfigError, match="epsilon must be inf"):  # no DP-SGD on top of a private release
+        train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "dp"), epsilon=1.0,
+                         settings={**kw.pop("settings"), "delta": 1e-3}, **kw)
+    train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "clf"), epsilon=math.inf,
+                     settings={"epochs": 1, "batch_size": 8, "lr": 1e-3}, **kw)
+    card = read_privacy_card(tmp_path / "clf" / "privacy.json")
+    g = Guarantee.from_dict(card["typed_guarantee"])
+    assert (card["kind"], card["guarantee_type"], card["epsilon_spent"], card["delta"]) == ("derived", "local", 2.0, 0.0)
+    assert g.derived_from == (release,) and "LOCAL" in card["local_vs_central"]
+    assert any("ORIGINAL images" in t for t in card["not_guaranteed"])
+    # a release without a guarantee (INN trained on private images) passes none on
+    private = cadp_guarantee(CADPSettings(epsilon=2.0), latent_dims=256, inn_trained_on="cxr/train (private cohort)",
+                             inn_on_private=True)
+    train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "none"), epsilon=math.inf,
+                     settings={"epochs": 1, "batch_size": 8, "lr": 1e-3}, **{**kw, "inherits": private})
+    card = read_privacy_card(tmp_path / "none" / "privacy.json")
+    assert card["kind"] == "none" and math.isinf(card["epsilon_spent"])
+    assert "non-private function of those images" in card["guarantee"]
