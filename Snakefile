@@ -31,6 +31,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/cadp.smk"  # before train.smk: registers the method cadp of train_classifier
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
@@ -53,4 +54,5 @@ rule all:
             for dataset in config["embeddings"]["datasets"]
             for encoder in config["embeddings"]["encoders"]
         ],
+        cadp=cadp_targets(),
     default_target: True

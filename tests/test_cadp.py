@@ -25,7 +25,7 @@ from dpmed.models.inn import (
     reconstruction_error,
     trainable_parameters,
 )
-from dpmed.models import inn_training
+from dpmed.training.engine import trainer as engine_trainer
 from dpmed.models.inn_training import INNTrainingData, INNTrainSettings, load_inn, train_inn
 from dpmed.privacy.cadp import (
     CADPSettings,
@@ -232,7 +232,11 @@ def test_guarantee_epsilon_is_two_s_over_b_and_the_paper_rule_reports_two_epsilo
     assert any("NOT what holds" in t for t in paper.not_guaranteed)
     assert paper_sensitivity(20.0) == 4.0
     private = cadp_guarantee(CADPSettings(epsilon=1.0), **{**kw, "inn_on_private": True})
-    assert any("non-private function of those images" in t for t in private.not_guaranteed)
+    assert (private.kind, private.epsilon, private.delta, private.holds) == ("none", math.inf, None, False)
+    assert "non-private function of those images" in private.not_guaranteed[0]
+    assert private.parameters["epsilon_local_nominal"] == 1.0 == 2 * private.parameters["sensitivity"] / \
+        private.parameters["laplace_scale"]
+    assert post_processing(private, released="a classifier").kind == "none"
     assert Guarantee.from_dict(ours.to_dict()) == ours
     clf = post_processing(ours, released="a classifier trained on the privatised images")
     assert clf.kind == "derived" and clf.epsilon == 2.0 and clf.derived_from == (ours,)
@@ -297,14 +301,14 @@ def test_inn_training_resumes_bit_identically_and_checks_invertibility(cohort, t
     assert full["reconstruction_error"] < 1e-3 and all(math.isfinite(r["holdout_bpd"]) for r in full["history"])
     assert not (tmp_path / "full" / "checkpoint.pt").exists()
 
-    def kill(epoch, out_dir):
+    def kill(epoch, checkpoint):
         if epoch == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(inn_training, "_on_epoch_end", kill)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", kill)
     with pytest.raises(KeyboardInterrupt):
         _train(paths, manifest, tmp_path / "resumed")
-    monkeypatch.setattr(inn_training, "_on_epoch_end", lambda epoch, out_dir: None)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", lambda epoch, checkpoint: None)
     resumed = _train(paths, manifest, tmp_path / "resumed")
     assert resumed["resumed_from_epoch"] == 1
     a, meta = load_inn(tmp_path / "full" / "inn.pt")
@@ -319,7 +323,7 @@ def test_inn_training_resumes_bit_identically_and_checks_invertibility(cohort, t
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), build_inn(TINY).state_dict().values()))
 
     # a checkpoint from other settings is refused, not mixed in
-    monkeypatch.setattr(inn_training, "_on_epoch_end", kill)
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", kill)
     with pytest.raises(KeyboardInterrupt):
         _train(paths, manifest, tmp_path / "mixed")
     with pytest.raises(ConfigError, match="different inputs/settings"):
@@ -344,3 +348,53 @@ def test_caches_that_do_not_fit_the_network_are_refused(cohort, tmp_path):
         privatise_cache(build_inn(TINY), inn_trained_on=INNTrainingData("pub"), cache_in=paths["test"],
                         cache_out=tmp_path / "x.h5", manifest=manifest, labels=LABELS[:1],
                         settings=CADPSettings(epsilon=1.0))
+
+
+def test_inn_gradient_clipping_clips_before_the_optimizer_step():
+    from dpmed.models.inn_training import _ClipThenStep
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    seen = []
+
+    class Record(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(float(w.grad.norm()))
+            return super().step(closure)
+
+    opt = _ClipThenStep(Record([w], lr=1.0), [w], max_norm=0.5)
+    w.grad = torch.full((4,), 10.0)  # norm 20
+    opt.step()
+    assert seen == [pytest.approx(0.5)] and torch.allclose(w.detach(), torch.full((4,), -0.25))
+    opt.zero_grad()
+    assert w.grad is None and opt.state_dict()["param_groups"][0]["lr"] == 1.0
+
+
+def test_classifier_on_privatised_images_inherits_the_local_guarantee(cohort, tmp_path):
+    from dpmed.privacy.card import read_privacy_card
+    from dpmed.training.classifier import ClassifierOutputs, train_classifier
+
+    paths, manifest = cohort
+    release = cadp_guarantee(CADPSettings(epsilon=2.0), latent_dims=256, inn_trained_on="pub/train (public cohort)",
+                             inn_on_private=False)
+    kw = dict(train_h5=paths["train"], val_h5=paths["val"], test_h5=paths["test"], manifest=manifest, labels=LABELS,
+              checkpoint=None, settings={"epochs": 1, "batch_size": 8, "lr": 1e-3},
+              model_cfg={"dims": 2, "in_channels": 1, "width": 0.125, "groups": 2}, seed=0, device="cpu",
+              inherits=release)
+    with pytest.raises(ConfigError, match="epsilon must be inf"):  # no DP-SGD on top of a private release
+        train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "dp"), epsilon=1.0,
+                         settings={**kw.pop("settings"), "delta": 1e-3}, **kw)
+    train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "clf"), epsilon=math.inf,
+                     settings={"epochs": 1, "batch_size": 8, "lr": 1e-3}, **kw)
+    card = read_privacy_card(tmp_path / "clf" / "privacy.json")
+    g = Guarantee.from_dict(card["typed_guarantee"])
+    assert (card["kind"], card["guarantee_type"], card["epsilon_spent"], card["delta"]) == ("derived", "local", 2.0, 0.0)
+    assert g.derived_from == (release,) and "LOCAL" in card["local_vs_central"]
+    assert any("ORIGINAL images" in t for t in card["not_guaranteed"])
+    # a release without a guarantee (INN trained on private images) passes none on
+    private = cadp_guarantee(CADPSettings(epsilon=2.0), latent_dims=256, inn_trained_on="cxr/train (private cohort)",
+                             inn_on_private=True)
+    train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "none"), epsilon=math.inf,
+                     settings={"epochs": 1, "batch_size": 8, "lr": 1e-3}, **{**kw, "inherits": private})
+    card = read_privacy_card(tmp_path / "none" / "privacy.json")
+    assert card["kind"] == "none" and math.isinf(card["epsilon_spent"])
+    assert "non-private function of those images" in card["guarantee"]

@@ -20,9 +20,16 @@ def test_shipped_configs_validate(path):
 @pytest.mark.parametrize("path", ["config/paper-cxr.yaml", "config/paper-ct.yaml", "config/paper-mammography.yaml"])
 def test_paper_configs_validate_and_carry_the_studies_numbers(path):
     cfg = load_config(path)
-    for ds in cfg["datasets"].values():
-        if ds["kind"] == "radiograph":
-            assert ds["preprocess"]["size"] == 512
+    cadp_sources = {d["cadp"]["inn_from"] for d in cfg["datasets"].values() if d.get("cadp")}
+    for name, ds in cfg["datasets"].items():
+        if ds["kind"] == "radiograph":  # study D (content-aware DP) runs at its paper's 128 px
+            assert ds["preprocess"]["size"] == (128 if ds.get("cadp") or name in cadp_sources else 512)
+        if ds.get("cadp"):
+            assert ds["cadp"]["inn"] == {"stages": 4, "blocks_per_stage": 4, "conv_width": 128, "fc_blocks": 4,
+                                         "fc_width": 1024, "clamp": 1.5, "seed": 0}
+            assert ds["classifier"]["epsilons"] == [0.2, 0.5, 1.0, 2.0, 3.0, 6.0, 10.0]
+            assert (ds["cadp"]["training"]["lr"], ds["cadp"]["training"]["batch_size"]) == (3e-4, 64)
+            assert ds["cadp"]["privatise"]["scale_rule"] == "two_s_over_eps"
         if ds["kind"] == "ct":
             assert ds["preprocess"] == {"window": [-150, 250], "shape": [224, 224, 128]}
             assert ds["classifier"]["dp"]["delta"] == 1e-3

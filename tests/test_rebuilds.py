@@ -22,12 +22,12 @@ def _plan(tiny_run, change, name):
     return planned_jobs(workdir, write_config(workdir, changed, name))
 
 
-def _model(dataset, eps):
-    return f"results/{dataset}/classifiers/dpsgd/eps_{eps}/seed_0/model.pt"
+def _model(dataset, eps, method="dpsgd"):
+    return f"results/{dataset}/classifiers/{method}/eps_{eps}/seed_0/model.pt"
 
 
-def _metrics(dataset, eps):
-    return f"results/{dataset}/evaluation/dpsgd/eps_{eps}/seed_0/metrics.parquet"
+def _metrics(dataset, eps, method="dpsgd"):
+    return f"results/{dataset}/evaluation/{method}/eps_{eps}/seed_0/metrics.parquet"
 
 
 def _summary(dataset):
@@ -63,6 +63,12 @@ def test_added_epsilon_runs_only_that_epsilon(tiny_run):
         ("train_classifier", _model("cxr", "4")),
         ("evaluate_classifier", _metrics("cxr", "4")),
         _summary("cxr"),
+        # content-aware DP (tests/test_workflow_cadp.py) shares the grid: one more privatised copy
+        ("privatise_cadp", "results/cxr/cadp/eps_4/train.h5"),
+        ("train_classifier", _model("cxr", "4", "cadp")),
+        ("evaluate_classifier", _metrics("cxr", "4", "cadp")),
+        ("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png"),
+        ("cadp_examples", "results/cxr/cadp/examples.png"),
     }
 
 
@@ -96,8 +102,10 @@ def test_evaluation_setting_reruns_evaluation_and_summaries(tiny_run):
     def redraws(cfg):
         cfg.setdefault("evaluation", {})["n_bootstrap"] = 123
 
-    expected = {_summary("cxr"), _summary("ct")}
+    expected = {_summary("cxr"), _summary("ct"), ("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png")}
     for name in ("cxr", "ct"):
         for eps in eps_labels(tiny_run[2], name):
             expected.add(("evaluate_classifier", _metrics(name, eps)))
+    for eps in eps_labels(tiny_run[2], "cxr"):  # content-aware DP runs on cxr only
+        expected.add(("evaluate_classifier", _metrics("cxr", eps, "cadp")))
     assert _plan(tiny_run, redraws, "redraws.yaml") == expected

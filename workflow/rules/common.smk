@@ -113,9 +113,12 @@ def caches(dataset):
 METHODS = {}
 
 
-def register_method(name, *, rule, inputs, params, description):
-    """``inputs(wildcards)`` and ``params(wildcards)`` of the training job; ``rule`` trains it."""
-    METHODS[name] = {"rule": rule, "inputs": inputs, "params": params, "description": description}
+def register_method(name, *, rule, inputs, params, description, applies=None, seeds=None):
+    """``inputs(wildcards)`` and ``params(wildcards)`` of the training job; ``rule`` trains it.
+    ``applies(dataset)``: whether the method exists for that dataset (default: every classifier
+    dataset); ``seeds(dataset)``: its seeds there (default: ``training.seeds``)."""
+    METHODS[name] = {"rule": rule, "inputs": inputs, "params": params, "description": description,
+                     "applies": applies or (lambda dataset: True), "seeds": seeds or (lambda dataset: SEEDS)}
 
 
 def methods_of_rule(rule):
@@ -131,11 +134,13 @@ def method_params(wildcards):
     return canonical(METHODS[wildcards.method]["params"](wildcards))
 
 
-def run_methods():
+def run_methods(dataset=None):
+    """``training.methods``; for a ``dataset``, only those that apply to it (e.g. cadp needs a
+    ``datasets.<name>.cadp`` block)."""
     unknown = [m for m in config["training"]["methods"] if m not in METHODS]
     if unknown:
         raise ValueError(f"training.methods names unregistered methods {unknown}; registered: {sorted(METHODS)}")
-    return list(config["training"]["methods"])
+    return [m for m in config["training"]["methods"] if dataset is None or METHODS[m]["applies"](dataset)]
 
 
 def dpsgd_inputs(pretrained):
@@ -210,9 +215,9 @@ def summary_runs(dataset):
             "metrics": f"results/{dataset}/evaluation/{method}/eps_{eps}/seed_{seed}/metrics.parquet",
             "predictions": f"{classifier_dir(dataset, method, eps, seed)}/predictions.parquet",
         }
-        for method in run_methods()
+        for method in run_methods(dataset)
         for eps in epsilon_labels(dataset)
-        for seed in SEEDS
+        for seed in METHODS[method]["seeds"](dataset)
     ]
 
 

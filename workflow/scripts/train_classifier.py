@@ -1,4 +1,4 @@
-"""Train one classifier (non-private, DP-SGD, or non-private pretraining on a public cohort)."""
+"""Train one classifier (non-private, DP-SGD, non-private on privatised images, or non-private pretraining on a public cohort)."""
 
 import math
 import os
@@ -27,6 +27,14 @@ if math.isfinite(epsilon):
         non_private_inputs.append(entry)
 elif not settings.get("weighted_loss", True):
     pos_weight = [1.0] * len(labels)
+
+# Privatised training data (method cadp): the model is their post-processing and inherits their guarantee.
+inherits = None
+if "release" in sm.input.keys():
+    from dpmed.privacy.card import read_privacy_card
+    from dpmed.privacy.guarantee import Guarantee
+
+    inherits = Guarantee.from_dict(read_privacy_card(sm.input.release)["typed_guarantee"])
 
 init_weights = sm.input.get("pretrained") if "pretrained" in sm.input.keys() else None
 if init_weights:
@@ -57,5 +65,6 @@ result = train_classifier(
     init_weights=init_weights,
     pos_weight=pos_weight,
     non_private_inputs=non_private_inputs,
+    inherits=inherits,
 )
 log.info("trained: %s", {k: v for k, v in result.items() if isinstance(v, (int, float, str))})

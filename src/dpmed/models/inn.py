@@ -51,6 +51,7 @@ __all__ = [
     "InvertibilityError",
     "SeededPermutation",
     "bits_per_dim",
+    "bits_per_dim_per_sample",
     "build_inn",
     "check_invertible",
     "expected_num_parameters",
@@ -340,9 +341,14 @@ def bits_per_dim(z: torch.Tensor, log_jac_det: torch.Tensor) -> torch.Tensor:
     z: (B, D) latents.
     log_jac_det: (B,) log|det ∂z/∂x|.
     """
+    return bits_per_dim_per_sample(z, log_jac_det).mean()
+
+
+def bits_per_dim_per_sample(z: torch.Tensor, log_jac_det: torch.Tensor) -> torch.Tensor:
+    """:func:`bits_per_dim` of each sample, shape (B,) (the training engine's per-sample losses)."""
     d = z[0].numel()
     nll = 0.5 * z.flatten(1).pow(2).sum(dim=1) + 0.5 * d * math.log(2 * math.pi) - log_jac_det
-    return (nll / (d * math.log(2.0))).mean()
+    return nll / (d * math.log(2.0))
 
 
 @torch.no_grad()

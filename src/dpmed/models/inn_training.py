@@ -16,25 +16,24 @@ batch is logged, and the run fails (:class:`~dpmed.models.inn.InvertibilityError
 ``inn.pt`` written) if the final network exceeds ``recon_tolerance``.
 
 Outputs in ``out_dir``: ``inn.pt`` (weights + settings + provenance, see :func:`load_inn`),
-``history.csv`` (one row per epoch). ``checkpoint.pt`` is replaced atomically after every
-epoch; a rerun with the same inputs and settings resumes after the last finished epoch and
-produces bit-identical weights (CPU); one with different inputs refuses to mix the two.
-Randomness (initial weights, shuffling, input noise) derives from the seeds in the settings.
+``history.csv`` (one row per epoch). The loop is the training engine's non-private one
+(:class:`dpmed.training.engine.PrivateTrainer` at ε = inf), which replaces the checkpoint
+atomically after every epoch; a rerun with the same inputs and settings resumes after the last
+finished epoch and produces bit-identical weights (CPU); one with different inputs refuses to
+mix the two. Randomness (initial weights, shuffling, input noise) derives from the seeds in the
+settings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from dpmed.errors import ConfigError, DpmedError
 from dpmed.io.atomic import atomic_path, write_csv
@@ -43,6 +42,7 @@ from dpmed.models.inn import (
     INNSettings,
     InvertibilityError,
     bits_per_dim,
+    bits_per_dim_per_sample,
     build_inn,
     check_invertible,
     label_condition,
@@ -51,6 +51,7 @@ from dpmed.models.inn import (
     trainable_parameters,
 )
 from dpmed.training.data import CacheDataset
+from dpmed.training.engine import EngineSettings, PrivateTrainer
 
 __all__ = ["INNTrainSettings", "INNTrainingData", "INNTrainingError", "load_inn", "open_image_cache", "train_inn"]
 
@@ -163,30 +164,40 @@ def _holdout_metrics(net: ConditionalINN, x: torch.Tensor, c: torch.Tensor) -> t
     return bpd, reconstruction_error(net, x, c)
 
 
-def _train_epoch(net, optimizer, loader, noise_gen, s: INNTrainSettings, dev, epoch: int) -> float:
-    net.train()
-    total, count = 0.0, 0
-    for step, (x, y) in enumerate(loader):
-        if s.input_noise > 0:  # dequantisation / smoothing noise, training only
-            x = x + s.input_noise * torch.randn(x.shape, generator=noise_gen)
-        x, c = x.to(dev), label_condition(y).to(dev)
-        z, jac = net(x, c)
-        loss = bits_per_dim(z, jac)
-        if not torch.isfinite(loss):
-            raise INNTrainingError(f"INN training diverged at epoch {epoch + 1}, step {step + 1} "
-                                   f"(loss {float(loss)}); lower lr or set grad_clip_norm")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(trainable_parameters(net), s.grad_clip_norm)
-        optimizer.step()
-        total += float(loss.detach()) * x.shape[0]
-        count += x.shape[0]
-    return total / max(count, 1)
+class _ClipThenStep:
+    """The optimizer with the gradient's global norm clipped before each step (stability only,
+    not privacy); what the engine calls of an optimizer is delegated."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list, max_norm: float):
+        self.optimizer, self.params, self.max_norm = optimizer, params, float(max_norm)
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
 
 
-def _on_epoch_end(epoch: int, out_dir: Path) -> None:
-    """Called after each epoch's checkpoint is written (tests patch it to simulate a kill)."""
+def _nll_step(s: INNTrainSettings, noise: torch.Generator):
+    """The engine's step: per-sample bits/dim of the noisy inputs (input noise in training only)."""
+
+    def losses(model: ConditionalINN, batch) -> torch.Tensor:
+        x, y = batch
+        if s.input_noise > 0:  # dequantisation / smoothing noise from the run's public task generator
+            x = x + s.input_noise * torch.randn(x.shape, generator=noise).to(x.device)
+        bpd = bits_per_dim_per_sample(*model(x, label_condition(y).to(x.device)))
+        if not torch.isfinite(bpd).all():
+            raise INNTrainingError("INN training diverged (non-finite loss); lower lr or set grad_clip_norm")
+        return bpd
+
+    return losses
 
 
 def _save(obj: dict, path: Path) -> None:
@@ -195,8 +206,12 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def train_inn(*, train_h5, holdout_h5, manifest, labels: Sequence[str], out_dir, inn: INNSettings,
-              settings: INNTrainSettings, trained_on: INNTrainingData) -> dict[str, Any]:
+              settings: INNTrainSettings, trained_on: INNTrainingData, checkpoint=None) -> dict[str, Any]:
     """Train the cINN on ``train_h5``, check it inverts on ``holdout_h5``, write ``inn.pt``.
+
+    Runs through the training engine's non-private loop (:class:`~dpmed.training.engine.PrivateTrainer`
+    at ε = inf: shuffled batches from the config seed, checkpoint and resume, one progress line
+    per epoch), as every trainer does.
 
     Parameters
     ----------
@@ -204,9 +219,11 @@ def train_inn(*, train_h5, holdout_h5, manifest, labels: Sequence[str], out_dir,
         (e.g. its train and val splits); images must be ``inn.image_size`` square.
     manifest: ``manifest.parquet`` (path or DataFrame) with ``label_<name>`` columns.
     labels: label names; the condition is :func:`~dpmed.models.inn.label_condition` of them.
-    out_dir: folder for ``inn.pt``, ``history.csv`` and the checkpoint.
+    out_dir: folder for ``inn.pt`` and ``history.csv``.
     inn, settings: network sizes and training settings.
     trained_on: provenance recorded in ``inn.pt`` (and later on every CADP guarantee).
+    checkpoint: where the per-epoch resumable state goes (a workflow keeps it under its private
+        directory); None = ``out_dir / "checkpoint.pt"``.
 
     Returns
     -------
@@ -221,6 +238,7 @@ def train_inn(*, train_h5, holdout_h5, manifest, labels: Sequence[str], out_dir,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else out_dir / CHECKPOINT_NAME
     dev = _resolve_device(settings.device)
     labels = list(labels)
     train_ds = open_image_cache(train_h5, manifest, labels, inn)
@@ -232,25 +250,24 @@ def train_inn(*, train_h5, holdout_h5, manifest, labels: Sequence[str], out_dir,
         "holdout_ids": _hash_ids(hold_ds.record_ids), "device": dev.type,
     }, sort_keys=True)
 
-    seeds = np.random.SeedSequence([int(settings.seed), 0x1A8]).generate_state(2, dtype=np.uint64)
-    gens = {"shuffle": torch.Generator().manual_seed(int(seeds[0]) >> 1),
-            "noise": torch.Generator().manual_seed(int(seeds[1]) >> 1)}
     net = build_inn(inn).to(dev)
-    optimizer = torch.optim.Adam(trainable_parameters(net), lr=settings.lr)
-    loader = DataLoader(train_ds, batch_size=settings.batch_size, shuffle=True, generator=gens["shuffle"])
-    history, start, resumed_from = _resume(out_dir / CHECKPOINT_NAME, fingerprint, net, optimizer, gens)
+    params = trainable_parameters(net)
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    if settings.grad_clip_norm is not None:
+        optimizer = _ClipThenStep(optimizer, params, settings.grad_clip_norm)
+    trainer = PrivateTrainer(EngineSettings(epochs=settings.epochs, batch_size=settings.batch_size), net, optimizer,
+                             train_ds, seed=settings.seed, device=dev, checkpoint=ckpt_path, fingerprint=fingerprint)
 
-    for epoch in range(start, settings.epochs):
-        t0 = time.perf_counter()
-        train_bpd = _train_epoch(net, optimizer, loader, gens["noise"], settings, dev, epoch)
-        hold_bpd, err = _holdout_metrics(net, x_hold, c_hold)
-        history.append({"epoch": epoch + 1, "train_bpd": train_bpd, "holdout_bpd": hold_bpd,
-                        "recon_error": err, "seconds": time.perf_counter() - t0})
-        _save({"fingerprint": fingerprint, "epoch": epoch + 1, "model": net.state_dict(),
-               "optimizer": optimizer.state_dict(), "history": history,
-               "rng": {k: g.get_state() for k, g in gens.items()}}, out_dir / CHECKPOINT_NAME)
-        _on_epoch_end(epoch + 1, out_dir)
+    def evaluate(epoch: int) -> dict:
+        bpd, err = _holdout_metrics(net, x_hold, c_hold)
+        net.train()
+        return {"holdout_bpd": bpd, "recon_error": err}
 
+    net.train()
+    trainer.run_epochs(settings.epochs - trainer.epochs_done, _nll_step(settings, trainer.task_generator),
+                       evaluate=evaluate)
+    history = [{"epoch": r["epoch"], "train_bpd": r["train_loss"], "holdout_bpd": r["holdout_bpd"],
+                "recon_error": r["recon_error"], "seconds": r["seconds"]} for r in trainer.history]
     net.eval()
     err = check_invertible(net, x_hold, c_hold, settings.recon_tolerance,
                            where=f"held-out batch of {trained_on.dataset} ({len(x_hold)} images)")
@@ -261,24 +278,9 @@ def train_inn(*, train_h5, holdout_h5, manifest, labels: Sequence[str], out_dir,
           out_dir / "inn.pt")
     write_csv(pd.DataFrame(history), out_dir / "history.csv")
     if not settings.keep_checkpoint:
-        (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        trainer.remove_checkpoint()
     return {"history": history, "reconstruction_error": err, "holdout_bpd": hold_bpd,
-            "resumed_from_epoch": resumed_from, "inn_path": str(out_dir / "inn.pt")}
-
-
-def _resume(path: Path, fingerprint: str, net, optimizer, gens) -> tuple[list[dict], int, int | None]:
-    """Load a matching checkpoint into net/optimizer/generators; (history, start epoch, resumed_from)."""
-    if not path.exists():
-        return [], 0, None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("fingerprint") != fingerprint:
-        raise ConfigError(f"{path} was written by an INN run with different inputs/settings; "
-                          "delete it to start afresh (refusing to mix two runs)")
-    net.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for k, g in gens.items():
-        g.set_state(ckpt["rng"][k])
-    return list(ckpt["history"]), int(ckpt["epoch"]), int(ckpt["epoch"])
+            "resumed_from_epoch": trainer.resumed_from, "inn_path": str(out_dir / "inn.pt")}
 
 
 def load_inn(path, device: str | torch.device = "cpu") -> tuple[ConditionalINN, dict[str, Any]]:

@@ -15,7 +15,10 @@ after clipping both latents lie in the L1 ball of radius s, so ‖q(x) − q(x')
 ‖q(x')‖₁ ≤ 2s (the ball's diameter; reached by z and −z). Hence Δ₁ = 2s and scale b gives
 ε = 2s/b; choosing b = 2s/ε makes the release of each privatised image ε-DP (pure, δ = 0).
 x̃ is a fixed function of z̃ and y, so it keeps the guarantee (post-processing) — provided f
-does not depend on the records being protected (trained on public data; see below).
+does not depend on the records being protected (trained on public data). An f trained on private
+images is a non-private function of them that every released image passes through: the release
+then has NO guarantee (:func:`cadp_guarantee` returns kind ``none``; the nominal per-image ε is
+kept in its parameters only).
 
 The published setting b = s/ε protects an L1 sensitivity of s only, i.e. it gives 2ε. It is
 offered as the labelled reproduction rule ``"paper_s_over_eps"``, whose guarantee reports 2ε.
@@ -56,6 +59,7 @@ __all__ = [
     "laplace_noise",
     "laplace_scale",
     "local_epsilon",
+    "max_records_per_patient",
     "os_entropy_generator",
     "paper_sensitivity",
     "privatise_batch",
@@ -212,7 +216,8 @@ def cadp_guarantee(settings: CADPSettings, *, latent_dims: int, inn_trained_on: 
     settings: the release's settings (ε = 2s/b is computed, not copied from ``settings.epsilon``).
     latent_dims: D, the number of latent values that receive noise.
     inn_trained_on: what the INN was trained on (e.g. ``"cxr_public/train (public cohort)"``).
-    inn_on_private: the INN was trained on the private cohort whose images are released.
+    inn_on_private: the INN was trained on private images (a cohort that is not public): the
+        guarantee is then of kind ``none`` (see below), with the nominal local ε in its parameters.
     max_records_per_patient: k, if known: the per-patient ε is k·ε by composition.
     injected_noise: the noise came from a caller-supplied generator (tests).
     """
@@ -231,22 +236,40 @@ def cadp_guarantee(settings: CADPSettings, *, latent_dims: int, inn_trained_on: 
     if settings.scale_rule == "paper_s_over_eps":
         not_guaranteed.append(f"Reproduction of the published scale b = s/ε: ε = {settings.epsilon:g} is "
                               f"NOT what holds; two clipped latents differ by up to 2s, so ε = 2s/b = {eps:.6g}.")
+    parameters = {"sensitivity": s, "laplace_scale": b, "clip_norm": "L1", "latent_dims": int(latent_dims),
+                  "scale_rule": settings.scale_rule, "epsilon_nominal": float(settings.epsilon),
+                  "max_records_per_patient": max_records_per_patient}
+    released = "the privatised images and their labels (one privatised copy of each record)"
+    npi = (NonPrivateInput("invertible network f (latent encoder/decoder)", inn_trained_on),)
     if inn_on_private:
-        not_guaranteed.append(
-            f"The invertible network was trained without privacy on {inn_trained_on}, the cohort being "
-            "released: the network is a non-private function of those images, and the ε above holds only "
-            "for a fixed network, not for what the network itself reveals about them.")
+        # f is a non-private function of the released records, and every privatised image is a
+        # function of f: the release as a whole has no DP guarantee. The per-image Laplace step
+        # still has its nominal local epsilon, kept in the parameters only.
+        reason = (f"No DP guarantee for the release as a whole: the invertible network was trained without "
+                  f"privacy on {inn_trained_on}, i.e. on private images, and every privatised image is computed "
+                  "through it, so the network is a non-private function of those images that the release "
+                  f"exposes. The per-image Laplace step alone would give a local ε = 2s/b = {eps:.6g} "
+                  "(parameters.epsilon_local_nominal) for a FIXED network; that ε does not hold here.")
+        return Guarantee(kind="none", unit="record", epsilon=math.inf, delta=None, mechanism=MECHANISM,
+                         parameters={**parameters, "epsilon_local_nominal": eps}, released=released,
+                         not_guaranteed=(reason, *not_guaranteed), non_private_inputs=npi,
+                         noise_source=INJECTED if injected_noise else OS_ENTROPY,
+                         epsilon_target=float(settings.epsilon))
     return Guarantee(
-        kind="local", unit="record", epsilon=eps, delta=0.0, mechanism=MECHANISM,
-        parameters={"sensitivity": s, "laplace_scale": b, "clip_norm": "L1", "latent_dims": int(latent_dims),
-                    "scale_rule": settings.scale_rule, "epsilon_nominal": float(settings.epsilon),
-                    "max_records_per_patient": max_records_per_patient},
-        released="the privatised images and their labels (one privatised copy of each record)",
-        not_guaranteed=tuple(not_guaranteed),
-        non_private_inputs=(NonPrivateInput("invertible network f (latent encoder/decoder)", inn_trained_on),),
+        kind="local", unit="record", epsilon=eps, delta=0.0, mechanism=MECHANISM, parameters=parameters,
+        released=released, not_guaranteed=tuple(not_guaranteed), non_private_inputs=npi,
         noise_source=INJECTED if injected_noise else OS_ENTROPY,
         epsilon_target=float(settings.epsilon),
     )
+
+
+def max_records_per_patient(manifest, splits: Sequence[str]) -> int | None:
+    """k: the most records one patient has in ``splits`` of ``manifest`` (for the per-patient
+    statement k·ε; treated as public, as the card says). None without a ``patient_id`` column."""
+    if "patient_id" not in manifest.columns:
+        return None
+    m = manifest[manifest["split"].isin(list(splits))]
+    return int(m.groupby("patient_id").size().max()) if len(m) else None
 
 
 def _cache_attrs(path) -> dict:

@@ -367,9 +367,10 @@ def _render_generic(g, treated_public, k, extra_not_guaranteed) -> dict[str, Any
     text = (f"{g.kind.capitalize()} ({_fmt(g.epsilon)}, {g.delta if g.delta is not None else 0:g})-differential "
             f"privacy for {g.released}, per {g.unit}, {how}"
             + (" " + ", ".join(d.mechanism for d in g.derived_from) if g.derived_from else "") + ".")
-    return {
+    protection = _protection(g)
+    card = {
         "schema_version": CARD_SCHEMA_VERSION, "kind": g.kind, "mechanism": g.mechanism,
-        "guarantee_type": "local" if g.kind == "local" else "central", "epsilon_spent": float(g.epsilon),
+        "guarantee_type": protection, "epsilon_spent": float(g.epsilon),
         "epsilon_target": g.epsilon_target, "delta": g.delta, "unit": g.unit,
         "max_records_per_patient": k,
         "per_patient_guarantee": _per_patient(float(g.epsilon), g.delta, g.unit, k),
@@ -378,6 +379,19 @@ def _render_generic(g, treated_public, k, extra_not_guaranteed) -> dict[str, Any
         "not_guaranteed": list(g.not_guaranteed) + list(extra_not_guaranteed),
         "treated_as_public": treated_public, "typed_guarantee": g.to_dict(),
     }
+    if protection == "local":
+        card["local_vs_central"] = LOCAL_VS_CENTRAL
+    return card
+
+
+def _protection(g) -> str:
+    """``local`` for a local guarantee or one derived only from local ones (a classifier trained on
+    privatised images inherits a per-image input perturbation, not a central (ε, δ)); else ``central``."""
+    if g.kind == "local":
+        return "local"
+    if g.kind == "derived" and g.derived_from and all(_protection(d) == "local" for d in g.derived_from):
+        return "local"
+    return "central"
 
 
 # ----------------------------------------------------------------------------- CADP card

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from dpmed.errors import ConfigError
 from dpmed.evaluation import mean_auroc
 from dpmed.io.atomic import atomic_path, write_csv, write_parquet
-from dpmed.privacy.guarantee import NonPrivateInput
+from dpmed.privacy.guarantee import Guarantee, NonPrivateInput, post_processing
 from dpmed.training.augment import augment_batch
 from dpmed.training.data import DEFAULT_MEAN, DEFAULT_STD, CacheDataset, read_manifest
 from dpmed.training.engine import EngineSettings, PrivateTrainer, seed_globals
@@ -352,7 +352,7 @@ def train_classifier(
     *, train_h5, val_h5, test_h5, manifest, labels: Sequence[str], outputs: ClassifierOutputs,
     checkpoint: str | Path | None, epsilon: float, settings: Mapping[str, Any], model_cfg: Mapping[str, Any],
     seed: int, device: str = "auto", threads: int = 1, init_weights=None, pos_weight=None,
-    non_private_inputs: Iterable = (),
+    non_private_inputs: Iterable = (), inherits: Guarantee | None = None,
 ) -> dict:
     """Train, evaluate on val/test and write ``outputs``; see the module docstring.
 
@@ -377,6 +377,10 @@ def train_classifier(
         ``None`` → inverted class frequencies of the training split. DP: ``None`` → unweighted.
     non_private_inputs: extra inputs outside the DP mechanism for the card (strings,
         ``{"what", "source"}`` mappings or :class:`NonPrivateInput`).
+    inherits: the guarantee of the data the caches hold when they are the released output of a
+        DP mechanism (e.g. privatised images, :mod:`dpmed.privacy.cadp`): the run must then be
+        non-private (``epsilon = inf``) and the card is the post-processing of ``inherits``
+        (:func:`dpmed.privacy.guarantee.post_processing`) instead of "no guarantee".
 
     Returns
     -------
@@ -399,6 +403,9 @@ def train_classifier(
     except (TypeError, ValueError):
         raise ConfigError(f"epsilon must be a number or inf, got {epsilon!r}") from None
     engine_settings = s.engine(eps)
+    if inherits is not None and engine_settings.private:
+        raise ConfigError("a classifier trained on already-privatised data inherits their guarantee and is "
+                          f"trained without DP: epsilon must be inf, got {eps!r}")
     dev = _resolve_device(device)
     prev = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled())
@@ -406,14 +413,14 @@ def train_classifier(
     torch.use_deterministic_algorithms(True, warn_only=dev.type != "cpu")
     try:
         return _train(s, engine_settings, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoint,
-                      model_cfg, int(seed), dev, init_weights, pos_weight, non_private_inputs)
+                      model_cfg, int(seed), dev, init_weights, pos_weight, non_private_inputs, inherits)
     finally:
         torch.set_num_threads(prev[0])
         torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
 
 
 def _train(s, es, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoint, model_cfg, seed, dev,
-           init_weights, pos_weight, non_private_inputs) -> dict:
+           init_weights, pos_weight, non_private_inputs, inherits=None) -> dict:
     from dpmed.models import build_model
 
     t_start = time.perf_counter()
@@ -443,7 +450,7 @@ def _train(s, es, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoi
     trainer.run_epochs(es.epochs - trainer.epochs_done, lambda m, b: losses(m, b, augment), evaluate=evaluate)
     aurocs = _write_outputs(outputs, net, cfg, labels, s, trainer, data, dev)
     npi = _card_inputs(non_private_inputs, s, init_info, pw, pw_source, es.private)
-    card = _write_card(outputs.privacy, trainer, npi, data)
+    card = _write_card(outputs.privacy, trainer, npi, data, inherits)
     if not s.keep_checkpoint:
         trainer.remove_checkpoint()
     return _result(trainer, aurocs, pw, pw_source, card, init_info, time.perf_counter() - t_start)
@@ -497,9 +504,22 @@ def _card_inputs(items, s: TrainSettings, init_info, pw, pw_source, private: boo
     return npi
 
 
-def _write_card(path, trainer: PrivateTrainer, npi, data: _Data) -> dict:
+INHERITED_NOTE = (
+    "Trained without DP on the released (privatised) training images and labels; the validation AUROC per "
+    "epoch uses the privatised validation images. The test split is predicted on the ORIGINAL images: "
+    "predictions and metrics on it are not private (as for every method).")
+
+
+def _write_card(path, trainer: PrivateTrainer, npi, data: _Data, inherits: Guarantee | None = None) -> dict:
     from dpmed.privacy.card import render_guarantee, write_privacy_card
 
+    if inherits is not None:  # post-processing of an already private release (checked non-private above)
+        g = post_processing(inherits, released="the trained model weights", not_guaranteed=(INHERITED_NOTE,),
+                            non_private_inputs=tuple(npi))
+        card = render_guarantee(g, max_records_per_patient=_max_records_per_patient(data.man, data.train.record_ids),
+                                epochs=trainer.epochs_done)
+        write_privacy_card(path, card)
+        return card
     g = trainer.guarantee(released="the trained model weights", non_private_inputs=npi, not_guaranteed=(
         "history.csv's val_auroc and the reported metrics use the validation/test splits, which DP-SGD does not "
         "protect (only training records are covered); the training loss is not recorded under DP because it is "
