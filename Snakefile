@@ -31,6 +31,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
@@ -53,4 +54,5 @@ rule all:
             for dataset in config["embeddings"]["datasets"]
             for encoder in config["embeddings"]["encoders"]
         ],
+        study_b=generate_outputs(),
     default_target: True

@@ -9,7 +9,7 @@ validate_config(config, load_schema(workflow.source_path("../schemas/config.sche
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val", "test"]
 PRIVATE = config["private_dir"]
-DEMO_COHORTS = ["cxr", "cxr_public", "ct", "mammography"]
+DEMO_COHORTS = ["cxr", "cxr_public", "ct", "mammography", "external_mammography"]
 
 
 wildcard_constraints:
@@ -113,9 +113,11 @@ def caches(dataset):
 METHODS = {}
 
 
-def register_method(name, *, rule, inputs, params, description):
-    """``inputs(wildcards)`` and ``params(wildcards)`` of the training job; ``rule`` trains it."""
-    METHODS[name] = {"rule": rule, "inputs": inputs, "params": params, "description": description}
+def register_method(name, *, rule, inputs, params, description, epsilons=None):
+    """``inputs(wildcards)`` and ``params(wildcards)`` of the training job; ``rule`` trains it.
+    ``epsilons(dataset)``: the eps labels it runs at (None: every label of the dataset's grid)."""
+    METHODS[name] = {"rule": rule, "inputs": inputs, "params": params, "description": description,
+                     "epsilons": epsilons}
 
 
 def methods_of_rule(rule):
@@ -131,11 +133,24 @@ def method_params(wildcards):
     return canonical(METHODS[wildcards.method]["params"](wildcards))
 
 
-def run_methods():
-    unknown = [m for m in config["training"]["methods"] if m not in METHODS]
+def run_methods(dataset=None):
+    """The methods a dataset runs: its own ``classifier.methods`` if set, else ``training.methods``."""
+    own = dataset_cfg(dataset)["classifier"].get("methods") if dataset is not None else None
+    methods = own or config["training"]["methods"]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"training.methods names unregistered methods {unknown}; registered: {sorted(METHODS)}")
-    return list(config["training"]["methods"])
+        raise ValueError(f"methods {unknown} are not registered; registered: {sorted(METHODS)}")
+    return list(methods)
+
+
+def method_epsilons(method, dataset):
+    eps = METHODS[method]["epsilons"]
+    return epsilon_labels(dataset) if eps is None else eps(dataset)
+
+
+def dataset_subgroups(dataset):
+    """The dataset's own ``subgroups`` (manifest columns) if set, else ``evaluation.subgroups``."""
+    return dataset_cfg(dataset).get("subgroups") or config["evaluation"]["subgroups"]
 
 
 def dpsgd_inputs(pretrained):
@@ -210,15 +225,16 @@ def summary_runs(dataset):
             "metrics": f"results/{dataset}/evaluation/{method}/eps_{eps}/seed_{seed}/metrics.parquet",
             "predictions": f"{classifier_dir(dataset, method, eps, seed)}/predictions.parquet",
         }
-        for method in run_methods()
-        for eps in epsilon_labels(dataset)
+        for method in run_methods(dataset)
+        for eps in method_epsilons(method, dataset)
         for seed in SEEDS
     ]
 
 
 def evaluation_params(wildcards):
     ev = config["evaluation"]
-    return canonical({**copy.deepcopy(ev), "labels": list(dataset_cfg(wildcards.dataset)["labels"])})
+    return canonical({**copy.deepcopy(ev), "labels": list(dataset_cfg(wildcards.dataset)["labels"]),
+                      "subgroups": list(dataset_subgroups(wildcards.dataset))})
 
 
 def encoder_params(wildcards):

@@ -29,10 +29,18 @@ elif not settings.get("weighted_loss", True):
     pos_weight = [1.0] * len(labels)
 
 init_weights = sm.input.get("pretrained") if "pretrained" in sm.input.keys() else None
-if init_weights:
+if init_weights and p.get("pretrain"):
     non_private_inputs.append(
         {"what": "initial weights", "source": f"non-private pretraining on public cohort {p['pretrain']['dataset']}"}
     )
+
+# study B: a synthetic set made by a generator trained on the same records carries its guarantee
+data_guarantee = None
+if "synthetic" in sm.input.keys():
+    from dpmed.io.cache import read_cache
+
+    data_guarantee = read_cache(sm.input.synthetic)[2]["guarantee"]
+external = (sm.input.external, sm.input.external_manifest) if "external" in sm.input.keys() else None
 
 result = train_classifier(
     train_h5=sm.input.train,
@@ -57,5 +65,9 @@ result = train_classifier(
     init_weights=init_weights,
     pos_weight=pos_weight,
     non_private_inputs=non_private_inputs,
+    external=external,
+    subgroup_columns=p.get("subgroups", ()),
+    data_guarantee=data_guarantee,
+    synthetic_only=p.get("synthetic_only", False),
 )
 log.info("trained: %s", {k: v for k, v in result.items() if isinstance(v, (int, float, str))})
