@@ -11,6 +11,7 @@ import _log  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
+from dpmed.privacy.guarantee import Guarantee  # noqa: E402
 from dpmed.reporting.synthetic import auprc_vs_epsilon_figure, mode_metrics, study_b_table, write_study_b_table  # noqa: E402
 
 sm = snakemake  # noqa: F821
@@ -21,9 +22,9 @@ for run in sm.params.runs:
     pred = pd.read_parquet(run["predictions"])
     with open(run["predictions"].replace("predictions.parquet", "privacy.json")) as fh:
         card = json.load(fh)
-    eps = card.get("epsilon")
+    guarantee = Guarantee.from_dict(card["typed_guarantee"])
     rows.append({"method": run["method"], "epsilon": float(run["eps"]), "seed": run["seed"],
-                 "card_epsilon": float(eps) if isinstance(eps, (int, float)) else math.inf,
+                 "card_epsilon": guarantee.epsilon if guarantee.holds else math.inf, "card_kind": guarantee.kind,
                  **mode_metrics(pred, ev["labels"], n_bootstrap=ev["n_bootstrap"], seed=ev["seed"], ci=ev["ci"])})
 table = study_b_table(pd.DataFrame(rows))
 write_study_b_table(table, sm.output.table_csv, sm.output.table_md)
