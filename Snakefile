@@ -32,6 +32,8 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/cadp.smk"  # before train.smk: registers the method cadp of train_classifier
+include: "workflow/rules/generate_common.smk"
+include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
@@ -55,4 +57,5 @@ rule all:
             for encoder in config["embeddings"]["encoders"]
         ],
         cadp=cadp_targets(),
+        study_b=generate_outputs(),
     default_target: True

@@ -11,14 +11,14 @@ Measures, non-privately, at the demo size (64²) and the paper size (128²):
 
 * ``dp_d_step`` (when the private-training engine ``dpmed.training.engine`` is installed): the
   same D step as the engine runs it under DP (``PrivateTrainer.private_step``: per-pair clipping
-  by ``--mode``, Gaussian noise, Adam step), reported as the ratio to ``d_step``.
+  by each of ``--modes``, Gaussian noise, Adam step), reported as the ratio to ``d_step``.
 
 Both D steps call the same task step (:meth:`~dpmed.generation.gan.MCGANTask.d_losses`:
 augmentation, one fake per real record, smoothed targets). Steps are interleaved (each round
 runs every variant once, after warm-up) and medians reported.
 
 Usage: ``.venv/bin/python benchmarks/mcgan.py [--device cpu] [--batch 16] [--sizes 64,128]
-[--rounds 3] [--threads 1] [--mode bk]``
+[--rounds 3] [--threads 1] [--modes bk,hooks]``
 """
 
 from __future__ import annotations
@@ -60,13 +60,12 @@ def _dp_d_step(d, task: MCGANTask, real, y_real, batch: int, mode: str, dev: tor
     return step
 
 
-def make_steps(size: int, batch: int, dev: torch.device, mode: str = "bk"):
+def make_steps(size: int, batch: int, dev: torch.device, modes=("bk",)):
     """Closures for one D step (non-private, and DP if the engine is installed), one G step and
     one sampling batch at patch size ``size``."""
     torch.manual_seed(0)
     g, d = build_mcgan(MCGANSettings(image_size=size))
     g, d = g.to(dev), d.to(dev)
-    d_dp = copy.deepcopy(d)
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.5, 0.999))
     gen = torch.Generator().manual_seed(0)
@@ -89,14 +88,15 @@ def make_steps(size: int, batch: int, dev: torch.device, mode: str = "bk"):
         g.train()
 
     steps = {"d_step": d_step, "g_step": g_step, "sample": sample}
-    dp = _dp_d_step(d_dp, task, real, y_real, batch, mode, dev)
-    if dp is not None:
-        steps["dp_d_step"] = dp
+    for mode in modes:  # each DP mode on its own copy of D, interleaved with the others
+        dp = _dp_d_step(copy.deepcopy(d), task, real, y_real, batch, mode, dev)
+        if dp is not None:
+            steps[f"dp_d_step_{mode}"] = dp
     return steps
 
 
-def bench(size: int, batch: int, rounds: int, dev: torch.device, mode: str = "bk") -> dict[str, float]:
-    steps = make_steps(size, batch, dev, mode)
+def bench(size: int, batch: int, rounds: int, dev: torch.device, modes=("bk",)) -> dict[str, float]:
+    steps = make_steps(size, batch, dev, modes)
     for fn in steps.values():  # warm-up
         fn()
     times = {k: [] for k in steps}
@@ -118,17 +118,18 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--mode", default="bk", help="per-sample gradient mode of the DP D step")
+    ap.add_argument("--modes", default="bk,hooks", help="per-sample gradient modes of the DP D step (compared)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     print(f"MCGAN steps, device {dev}, batch {a.batch}, {a.threads} thread(s), median of {a.rounds} rounds")
+    modes = [m for m in a.modes.split(",") if m]
     print(f"{'size':>5} {'D step s':>9} {'G step s':>9} {'D/G':>6} {'patches/s':>10} "
-          f"{'DP D step s':>12} {'DP/non-DP':>10}")
+          + " ".join(f"{'DP ' + m + ' s':>11} {m + '/non-DP':>12}" for m in modes))
     for size in (int(s) for s in a.sizes.split(",")):
-        t = bench(size, a.batch, a.rounds, dev, a.mode)
-        dp = (f"{t['dp_d_step']:>12.3f} {t['dp_d_step'] / t['d_step']:>10.2f}" if "dp_d_step" in t
-              else f"{'n/a':>12} {'(no engine)':>10}")
+        t = bench(size, a.batch, a.rounds, dev, modes)
+        dp = " ".join(f"{t[f'dp_d_step_{m}']:>11.3f} {t[f'dp_d_step_{m}'] / t['d_step']:>12.2f}"
+                      if f"dp_d_step_{m}" in t else f"{'n/a':>11} {'(no engine)':>12}" for m in modes)
         print(f"{size:>5} {t['d_step']:>9.3f} {t['g_step']:>9.3f} {t['d_step'] / t['g_step']:>6.2f} "
               f"{64 / t['sample']:>10.1f} {dp}")
 

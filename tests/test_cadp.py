@@ -379,7 +379,7 @@ def test_classifier_on_privatised_images_inherits_the_local_guarantee(cohort, tm
     kw = dict(train_h5=paths["train"], val_h5=paths["val"], test_h5=paths["test"], manifest=manifest, labels=LABELS,
               checkpoint=None, settings={"epochs": 1, "batch_size": 8, "lr": 1e-3},
               model_cfg={"dims": 2, "in_channels": 1, "width": 0.125, "groups": 2}, seed=0, device="cpu",
-              inherits=release)
+              data_guarantee=release, synthetic_only=True)
     with pytest.raises(ConfigError, match="epsilon must be inf"):  # no DP-SGD on top of a private release
         train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "dp"), epsilon=1.0,
                          settings={**kw.pop("settings"), "delta": 1e-3}, **kw)
@@ -394,7 +394,7 @@ def test_classifier_on_privatised_images_inherits_the_local_guarantee(cohort, tm
     private = cadp_guarantee(CADPSettings(epsilon=2.0), latent_dims=256, inn_trained_on="cxr/train (private cohort)",
                              inn_on_private=True)
     train_classifier(outputs=ClassifierOutputs.in_folder(tmp_path / "none"), epsilon=math.inf,
-                     settings={"epochs": 1, "batch_size": 8, "lr": 1e-3}, **{**kw, "inherits": private})
+                     settings={"epochs": 1, "batch_size": 8, "lr": 1e-3}, **{**kw, "data_guarantee": private})
     card = read_privacy_card(tmp_path / "none" / "privacy.json")
     assert card["kind"] == "none" and math.isinf(card["epsilon_spent"])
     assert "non-private function of those images" in card["guarantee"]

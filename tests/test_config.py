@@ -102,3 +102,16 @@ def test_split_min_patients_default_and_bounds():
     assert validate_config(_minimal())["datasets"]["cxr"]["split"]["min_patients"] == 1
     with pytest.raises(ConfigError, match="split.min_patients"):
         validate_config(_minimal(split={"min_patients": -1}))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["datasets"]["mammography_external"].update(role="private"), "must be a dataset with role: test"),
+    (lambda c: c["datasets"]["mammography"].update(external="cxr"), "must be a dataset with role: test"),
+    (lambda c: c["datasets"]["mammography"]["synthetic"].update(encoder="nope"), "not an embeddings.encoders entry"),
+    (lambda c: c["datasets"]["mammography"]["synthetic"]["dp"].pop("delta"), "finite epsilon and a delta"),
+])
+def test_study_b_references_are_checked(change, message):
+    cfg = load_config("config/tiny.yaml")
+    change(cfg)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)

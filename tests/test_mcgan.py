@@ -12,10 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpmed.errors import ConfigError
-from dpmed.generation import gan, nonprivate
+from dpmed.generation import gan, training
 from dpmed.generation.gan import (CheckpointRule, GANDivergenceError, GANTrainSettings, augment_patches,
                                   discriminator_pair_losses, draw_real_targets, generator_loss)
-from dpmed.generation.nonprivate import load_generator, load_patches, train_mcgan_nonprivate
+from dpmed.generation.training import load_generator, load_patches, train_mcgan
 from dpmed.generation.sampling import synthetic_manifest, to_uint8, write_synthetic_set
 from dpmed.io.cache import CacheWriter, read_cache
 from dpmed.models.mcgan import (MCGANSettings, build_mcgan, discriminator_channels, expected_parameters,
@@ -177,47 +177,84 @@ TINY = dict(epochs=2, batch_size=8)
 NET = dict(image_size=32)
 
 
-def test_training_writes_generator_and_resumes_identically(tmp_path, monkeypatch):
-    x, y = _tiny_data()
-    ref = train_mcgan_nonprivate(x, y, tmp_path / "ref", settings=TINY, net=NET, seed=3)
-    assert (tmp_path / "ref" / "generator.pt").is_file() and not (tmp_path / "ref" / "checkpoint.pt").exists()
-    assert ref["selection"]["epoch"] == 2 and len(ref["history"]) == 2
-    assert not ref["guarantee"].holds and "without differential privacy" in ref["guarantee"].not_guaranteed[0]
-    hist = pd.read_csv(tmp_path / "ref" / "history.csv")
-    assert np.isfinite(hist[["loss_d", "loss_g"]].to_numpy()).all()
+def _kill_after(monkeypatch, epoch):
+    """Simulate a job killed right after ``epoch``'s engine checkpoint is written."""
+    from dpmed.training.engine import trainer as engine_trainer
 
     class Killed(Exception):
         pass
 
-    def kill(epoch, out):
-        if epoch == 1:
+    def kill(e, checkpoint):
+        if e == epoch:
             raise Killed()
 
-    monkeypatch.setattr(nonprivate, "_on_epoch_end", kill)
-    with pytest.raises(Killed):
-        train_mcgan_nonprivate(x, y, tmp_path / "run", settings=TINY, net=NET, seed=3)
-    assert not (tmp_path / "run" / "generator.pt").exists()
-    monkeypatch.setattr(nonprivate, "_on_epoch_end", lambda e, o: None)
-    res = train_mcgan_nonprivate(x, y, tmp_path / "run", settings=TINY, net=NET, seed=3)
-    assert res["resumed_from_epoch"] == 1
+    monkeypatch.setattr(engine_trainer, "_on_epoch_end", kill)
+    return Killed
+
+
+@pytest.mark.parametrize("privacy", [None, dict(epsilon=50.0, delta=1e-3, max_grad_norm=1.0, grad_sample_mode="hooks")])
+def test_training_writes_generator_and_resumes_identically(tmp_path, monkeypatch, privacy):
+    """Both variants run through the engine; a run killed after epoch 1 resumes from the engine's
+    checkpoint to the same generator (under DP too: the secret noise seed is in the checkpoint)."""
+    x, y = _tiny_data()
+    ref = train_mcgan(x, y, tmp_path / "ref", settings=TINY, net=NET, seed=3, privacy=privacy)
+    assert (tmp_path / "ref" / "generator.pt").is_file() and not (tmp_path / "ref" / "checkpoint.pt").exists()
+    assert ref["selection"]["epoch"] == 2 and len(ref["history"]) == 2
+    hist = pd.read_csv(tmp_path / "ref" / "history.csv")
+    assert np.isfinite(hist["loss_g"].to_numpy()).all()
+    if privacy is None:
+        assert not ref["guarantee"].holds and "without differential privacy" in ref["guarantee"].not_guaranteed[0]
+        assert np.isfinite(hist["loss_d"]).all()
+    else:  # the D loss is an un-noised statistic of the records: not written under DP
+        assert hist["loss_d"].isna().all()
+
+    killed = _kill_after(monkeypatch, 1)
+    with pytest.raises(killed):
+        train_mcgan(x, y, tmp_path / "run", settings=TINY, net=NET, seed=3, privacy=privacy,
+                    checkpoint=tmp_path / "private" / "ck.pt")
+    assert not (tmp_path / "run" / "generator.pt").exists() and (tmp_path / "private" / "ck.pt").exists()
+    monkeypatch.undo()
+    res = train_mcgan(x, y, tmp_path / "run", settings=TINY, net=NET, seed=3, privacy=privacy,
+                      checkpoint=tmp_path / "private" / "ck.pt")
+    assert res["resumed_from_epoch"] == 1 and not (tmp_path / "private" / "ck.pt").exists()
     g_ref, _ = load_generator(tmp_path / "ref" / "generator.pt")
     g_res, info = load_generator(tmp_path / "run" / "generator.pt")
-    for (k, a), b in zip(g_ref.state_dict().items(), g_res.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
-    assert info["guarantee"]["kind"] == "none"
+    if privacy is None:  # bit for bit (the DP run draws a fresh secret seed per fresh run)
+        for (k, a), b in zip(g_ref.state_dict().items(), g_res.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=k)
+        assert info["guarantee"]["kind"] == "none"
+
+
+def test_dp_mcgan_generator_is_post_processing_of_the_dp_discriminator(tmp_path):
+    """The DP-MCGAN generator's card: derived from D's central DP-SGD guarantee whose ε is the
+    accountant's for the steps run (recomputed here from the card's own fields)."""
+    from dpmed.privacy.accounting import epsilon_for_history
+    from dpmed.privacy.guarantee import Guarantee
+
+    x, y = _tiny_data()
+    res = train_mcgan(x, y, tmp_path, settings=TINY, net=NET, seed=3,
+                      privacy=dict(epsilon=8.0, delta=1e-3, max_grad_norm=1.0, grad_sample_mode="bk"))
+    g = Guarantee.from_dict(load_generator(tmp_path / "generator.pt")[1]["guarantee"])
+    assert g.kind == "derived" and g.holds and len(g.derived_from) == 1
+    d = g.derived_from[0]
+    assert d.kind == "central" and d.mechanism == "dp-sgd" and g.epsilon == d.epsilon
+    p = d.parameters
+    assert p["n_records"] == len(x) and p["steps"] == 2 * p["steps_per_epoch"] and p["noise_multiplier"] > 0
+    eps = epsilon_for_history([tuple(h) for h in p["history"]], d.delta, p["accountant"])
+    assert eps == pytest.approx(d.epsilon, rel=1e-9) and 7.0 < eps <= 8.0
+    assert res["guarantee"].epsilon == g.epsilon
 
 
 def test_fixed_epoch_selection_keeps_that_epoch(tmp_path):
     x, y = _tiny_data()
-    res = train_mcgan_nonprivate(x, y, tmp_path, settings=dict(TINY, select_epoch=1, keep_checkpoint=True),
-                                 net=NET, seed=3)
+    res = train_mcgan(x, y, tmp_path, settings=dict(TINY, select_epoch=1, keep_checkpoint=True), net=NET, seed=3)
     assert res["selection"]["epoch"] == 1
     g1, _ = load_generator(tmp_path / "generator.pt")
-    last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["g"]
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["task"]["task"]["g"]
     assert any(not torch.equal(a, last[k]) for k, a in g1.state_dict().items())
-    # a checkpoint of other data is not resumed from (it would mix two datasets in one model)
-    other = train_mcgan_nonprivate(x.flip(0), y.flip(0), tmp_path, settings=dict(TINY, epochs=1), net=NET, seed=3)
-    assert other["resumed_from_epoch"] is None and not (tmp_path / "checkpoint.pt").exists()
+    # a checkpoint of other data is refused (it would mix two datasets in one model)
+    with pytest.raises(ConfigError, match="different inputs"):
+        train_mcgan(x.flip(0), y.flip(0), tmp_path, settings=dict(TINY, epochs=1), net=NET, seed=3)
 
 
 def test_best_selection_uses_the_scorer():
@@ -239,7 +276,7 @@ def test_nan_loss_stops_naming_the_epoch_and_writes_nothing(tmp_path):
     x = x.clone()
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(GANDivergenceError, match="diverged in epoch 1: non-finite"):
-        train_mcgan_nonprivate(x, y, tmp_path, settings=TINY, net=NET, seed=3)
+        train_mcgan(x, y, tmp_path, settings=TINY, net=NET, seed=3)
     assert not (tmp_path / "generator.pt").exists()
 
 
@@ -249,14 +286,14 @@ def test_collapse_stops_naming_the_epoch_and_writes_nothing(tmp_path):
     assert gan.check_collapse(1, torch.rand(8, 1, 4, 4) * 2 - 1, tol=5e-3) > 0.1
     x, y = _tiny_data()
     with pytest.raises(GANDivergenceError, match="collapsed in epoch 1"):
-        train_mcgan_nonprivate(x, y, tmp_path, settings=dict(TINY, collapse_tol=100.0), net=NET, seed=3)
+        train_mcgan(x, y, tmp_path, settings=dict(TINY, collapse_tol=100.0), net=NET, seed=3)
     assert not (tmp_path / "generator.pt").exists()
 
 
 def test_inputs_must_be_scaled_to_minus_one_one(tmp_path):
     x, y = _tiny_data()
     with pytest.raises(ConfigError, match=r"\[-1, 1\]"):
-        train_mcgan_nonprivate((x + 1) * 127.5, y, tmp_path, settings=TINY, net=NET, seed=3)
+        train_mcgan((x + 1) * 127.5, y, tmp_path, settings=TINY, net=NET, seed=3)
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -268,7 +305,7 @@ def test_synthetic_set_reads_like_real_data(tmp_path):
                                  "abnormality_id"])
     man = write_synthetic_set(g, tmp_path / "syn.h5", tmp_path / "syn.parquet", n_per_class=5, seed=1,
                               label="malignant", dataset="mammo", like=like, batch_size=3,
-                              guarantee=nonprivate.nonprivate_guarantee())
+                              guarantee=training.nonprivate_guarantee())
     images, ids, attrs = read_cache(tmp_path / "syn.h5")
     assert images.dtype == np.uint8 and images.shape == (10, 32, 32)
     assert ids[:2] == ["syn-0-000000", "syn-0-000001"] and ids[5] == "syn-1-000000"
@@ -354,7 +391,7 @@ def test_best_checkpoint_by_fd_on_held_out_patches(tmp_path):
     torch.save({"state_dict": enc.state_dict(), "model_cfg": enc.config(), "labels": ["a"],
                 "normalization": {"mean": 0.5, "std": 0.25, "channels": 1}}, tmp_path / "enc.pt")
     scorer = generator_fd_scorer(tmp_path / "enc.pt", [tmp_path / "held.h5"], n_per_class=6, seed=0)
-    res = train_mcgan_nonprivate(x, y, tmp_path / "run", settings=dict(TINY, select="best"), net=NET, seed=3,
+    res = train_mcgan(x, y, tmp_path / "run", settings=dict(TINY, select="best"), net=NET, seed=3,
                                  scorer=scorer, score_data="held-out validation patches")
     sel = res["selection"]
     scores = dict(sel["scores"])
@@ -372,7 +409,7 @@ def test_synthetic_set_inherits_a_dp_generator_guarantee():
                    parameters={"noise_multiplier": 1.1}, noise_source="os entropy")
     syn = synthetic_guarantee(dp.to_dict())
     assert syn.kind == "derived" and (syn.epsilon, syn.delta) == (6.0, 1e-4) and syn.derived_from == (dp,)
-    assert not synthetic_guarantee(nonprivate.nonprivate_guarantee()).holds
+    assert not synthetic_guarantee(training.nonprivate_guarantee()).holds
 
 
 def test_task_contract_for_the_engine():
@@ -461,7 +498,7 @@ def test_demo_patches_to_synthetic_set_end_to_end(tmp_path):
         preprocess_split(ing.manifest, ing.sources, dataset="mg", split=split, kind="mammography", params=params,
                          out_path=tmp_path / f"{split}.h5")
     x, y = load_patches(tmp_path / "train.h5", ing.manifest)
-    res = train_mcgan_nonprivate(x, y, tmp_path / "gan", settings={"epochs": 1, "batch_size": 8}, net=NET, seed=0)
+    res = train_mcgan(x, y, tmp_path / "gan", settings={"epochs": 1, "batch_size": 8}, net=NET, seed=0)
     g, info = load_generator(res["generator_path"])
     syn = write_synthetic_set(g, tmp_path / "syn.h5", tmp_path / "syn.parquet", n_per_class=8, seed=0,
                               label="malignant", dataset="mg", like=ing.manifest, guarantee=info["guarantee"])

@@ -115,6 +115,28 @@ def _check_semantics(config: dict) -> None:
                 raise ConfigError(f"config key datasets.{name}.preprocess.window: need low < high, got {[low, high]}")
 
 
+def _check_study_b(config: dict, name: str, ds: dict) -> None:
+    """Study B's references: a test-only external cohort and the generators' encoder."""
+    datasets = config["datasets"]
+    if ds["role"] == "test" and ds.get("classifier"):
+        raise ConfigError(f"config key datasets.{name}.classifier: a test-only cohort (role: test) is never trained on")
+    ext = ds.get("external")
+    if ext is not None:
+        if ext not in datasets or datasets[ext]["role"] != "test":
+            raise ConfigError(f"config key datasets.{name}.external: {ext!r} must be a dataset with role: test")
+        if list(datasets[ext]["labels"]) != list(ds["labels"]):
+            raise ConfigError(f"config key datasets.{name}.external: {ext!r} has other labels")
+    syn = ds.get("synthetic")
+    if syn is not None:
+        if ds["kind"] != "mammography" or len(ds["labels"]) != 1:
+            raise ConfigError(f"config key datasets.{name}.synthetic: MCGAN generates mammography patches of one label")
+        if syn.get("encoder") not in config["embeddings"]["encoders"]:
+            raise ConfigError(f"config key datasets.{name}.synthetic.encoder: {syn.get('encoder')!r} is not an "
+                              "embeddings.encoders entry")
+        if not math.isfinite(float(syn["dp"].get("epsilon", math.inf))) or syn["dp"].get("delta") is None:
+            raise ConfigError(f"config key datasets.{name}.synthetic.dp: DP-MCGAN needs a finite epsilon and a delta")
+
+
 def _check_references(config: dict) -> None:
     """Cross-references between datasets (public cohorts, encoders) must resolve."""
     datasets = config["datasets"]
@@ -141,6 +163,8 @@ def _check_references(config: dict) -> None:
             src = public(weights_from, f"datasets.{name}.classifier.dp.class_weights_from")
             if list(src["labels"]) != list(ds["labels"]):
                 raise ConfigError(f"config key datasets.{name}.classifier.dp.class_weights_from: {weights_from!r} has other labels")
+    for name, ds in datasets.items():
+        _check_study_b(config, name, ds)
     for name in config["embeddings"]["datasets"]:
         if name not in datasets:
             raise ConfigError(f"config key embeddings.datasets: no dataset named {name!r}")

@@ -9,7 +9,7 @@ validate_config(config, load_schema(workflow.source_path("../schemas/config.sche
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val", "test"]
 PRIVATE = config["private_dir"]
-DEMO_COHORTS = ["cxr", "cxr_public", "ct", "mammography"]
+DEMO_COHORTS = ["cxr", "cxr_public", "ct", "mammography", "external_mammography"]
 
 
 wildcard_constraints:
@@ -113,12 +113,14 @@ def caches(dataset):
 METHODS = {}
 
 
-def register_method(name, *, rule, inputs, params, description, applies=None, seeds=None):
+def register_method(name, *, rule, inputs, params, description, applies=None, seeds=None, epsilons=None):
     """``inputs(wildcards)`` and ``params(wildcards)`` of the training job; ``rule`` trains it.
     ``applies(dataset)``: whether the method exists for that dataset (default: every classifier
-    dataset); ``seeds(dataset)``: its seeds there (default: ``training.seeds``)."""
+    dataset); ``seeds(dataset)``: its seeds there (default: ``training.seeds``);
+    ``epsilons(dataset)``: the eps labels it runs at (default: every label of the dataset's grid)."""
     METHODS[name] = {"rule": rule, "inputs": inputs, "params": params, "description": description,
-                     "applies": applies or (lambda dataset: True), "seeds": seeds or (lambda dataset: SEEDS)}
+                     "applies": applies or (lambda dataset: True), "seeds": seeds or (lambda dataset: SEEDS),
+                     "epsilons": epsilons}
 
 
 def methods_of_rule(rule):
@@ -135,12 +137,24 @@ def method_params(wildcards):
 
 
 def run_methods(dataset=None):
-    """``training.methods``; for a ``dataset``, only those that apply to it (e.g. cadp needs a
-    ``datasets.<name>.cadp`` block)."""
-    unknown = [m for m in config["training"]["methods"] if m not in METHODS]
+    """The methods a dataset runs: its own ``classifier.methods`` if set, else ``training.methods``;
+    only those that apply to it (e.g. cadp needs a ``datasets.<name>.cadp`` block)."""
+    own = dataset_cfg(dataset)["classifier"].get("methods") if dataset is not None else None
+    methods = own or config["training"]["methods"]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"training.methods names unregistered methods {unknown}; registered: {sorted(METHODS)}")
-    return [m for m in config["training"]["methods"] if dataset is None or METHODS[m]["applies"](dataset)]
+        raise ValueError(f"methods {unknown} are not registered; registered: {sorted(METHODS)}")
+    return [m for m in methods if dataset is None or METHODS[m]["applies"](dataset)]
+
+
+def method_epsilons(method, dataset):
+    eps = METHODS[method]["epsilons"]
+    return epsilon_labels(dataset) if eps is None else eps(dataset)
+
+
+def dataset_subgroups(dataset):
+    """The dataset's own ``subgroups`` (manifest columns) if set, else ``evaluation.subgroups``."""
+    return dataset_cfg(dataset).get("subgroups") or config["evaluation"]["subgroups"]
 
 
 def dpsgd_inputs(pretrained):
@@ -216,14 +230,15 @@ def summary_runs(dataset):
             "predictions": f"{classifier_dir(dataset, method, eps, seed)}/predictions.parquet",
         }
         for method in run_methods(dataset)
-        for eps in epsilon_labels(dataset)
+        for eps in method_epsilons(method, dataset)
         for seed in METHODS[method]["seeds"](dataset)
     ]
 
 
 def evaluation_params(wildcards):
     ev = config["evaluation"]
-    return canonical({**copy.deepcopy(ev), "labels": list(dataset_cfg(wildcards.dataset)["labels"])})
+    return canonical({**copy.deepcopy(ev), "labels": list(dataset_cfg(wildcards.dataset)["labels"]),
+                      "subgroups": list(dataset_subgroups(wildcards.dataset))})
 
 
 def encoder_params(wildcards):

@@ -41,3 +41,16 @@ rule demo_mammography:
         "logs/demo/mammography.log",
     script:
         "../scripts/demo_cohort.py"
+
+
+rule demo_external_mammography:
+    output:
+        "resources/demo/external_mammography/external_case_description.csv",
+    params:
+        demo=demo_params("external_mammography"),
+    conda:
+        "../envs/dpmed.yaml"
+    log:
+        "logs/demo/external_mammography.log",
+    script:
+        "../scripts/demo_cohort.py"

@@ -34,6 +34,12 @@ elif cohort == "ct":
         seed=params["seed"],
         tumour_fraction=params["tumour_fraction"],
     )
+elif cohort == "external_mammography":
+    from dpmed.demo.external_mammography import generate_external_mammography_cohort
+
+    table = generate_external_mammography_cohort(
+        partial, n_patients=params["n_patients"], image_size=tuple(params["image_size"]), seed=params["seed"]
+    )
 else:
     table = generate_mammography_cohort(
         partial,

@@ -28,19 +28,27 @@ if math.isfinite(epsilon):
 elif not settings.get("weighted_loss", True):
     pos_weight = [1.0] * len(labels)
 
-# Privatised training data (method cadp): the model is their post-processing and inherits their guarantee.
-inherits = None
-if "release" in sm.input.keys():
-    from dpmed.privacy.card import read_privacy_card
-    from dpmed.privacy.guarantee import Guarantee
-
-    inherits = Guarantee.from_dict(read_privacy_card(sm.input.release)["typed_guarantee"])
 
 init_weights = sm.input.get("pretrained") if "pretrained" in sm.input.keys() else None
-if init_weights:
+if init_weights and p.get("pretrain"):
     non_private_inputs.append(
         {"what": "initial weights", "source": f"non-private pretraining on public cohort {p['pretrain']['dataset']}"}
     )
+
+# Generated or privatised training data carry the guarantee of the mechanism that made them from the
+# same records: study B's synthetic set, or CADP's privatised images (whose model is their post-processing).
+data_guarantee = None
+synthetic_only = p.get("synthetic_only", False)
+if "synthetic" in sm.input.keys():
+    from dpmed.io.cache import read_cache
+
+    data_guarantee = read_cache(sm.input.synthetic)[2]["guarantee"]
+if "release" in sm.input.keys():
+    from dpmed.privacy.card import read_privacy_card
+
+    data_guarantee = read_privacy_card(sm.input.release)["typed_guarantee"]
+    synthetic_only = True  # the caches hold privatised images only
+external = (sm.input.external, sm.input.external_manifest) if "external" in sm.input.keys() else None
 
 result = train_classifier(
     train_h5=sm.input.train,
@@ -65,6 +73,9 @@ result = train_classifier(
     init_weights=init_weights,
     pos_weight=pos_weight,
     non_private_inputs=non_private_inputs,
-    inherits=inherits,
+    external=external,
+    subgroup_columns=p.get("subgroups", ()),
+    data_guarantee=data_guarantee,
+    synthetic_only=synthetic_only,
 )
 log.info("trained: %s", {k: v for k, v in result.items() if isinstance(v, (int, float, str))})

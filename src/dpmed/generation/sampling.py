@@ -19,7 +19,7 @@ Every downstream stage reads a split as ``(cache, manifest)``: the cache
 Both files are written atomically (the cache first, then the manifest).
 
 Pixel mapping: generator output ``x ∈ [−1, 1]`` → ``round((x + 1) · 127.5)`` clipped to
-0..255, the inverse of the ``[0, 255] → [−1, 1]`` scaling of :func:`~dpmed.generation.nonprivate.load_patches`.
+0..255, the inverse of the ``[0, 255] → [−1, 1]`` scaling of :func:`~dpmed.generation.training.load_patches`.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def write_synthetic_set(generator, out_h5, out_manifest, *, n_per_class: int, se
 
     Parameters
     ----------
-    generator: an MCGAN generator (e.g. from :func:`~dpmed.generation.nonprivate.load_generator`).
+    generator: an MCGAN generator (e.g. from :func:`~dpmed.generation.training.load_generator`).
     out_h5, out_manifest: output paths (written atomically).
     n_per_class, seed: sample size per class and sampling seed.
     label: label name (``label_<label>`` column; class value = label value).

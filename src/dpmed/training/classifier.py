@@ -76,6 +76,7 @@ class TrainSettings:
     num_workers: int = 0
     keep_checkpoint: bool = False
     in_memory_max_bytes: int = 256 * 2**20
+    trainable: str = "all"                   # "all" | "head" (only the final linear layer trains)
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> "TrainSettings":
@@ -91,7 +92,7 @@ class TrainSettings:
         types = {"epochs": int, "batch_size": int, "lr": float, "physical_batch_size": int, "max_grad_norm": float,
                  "delta": float, "accountant": str, "calibration_rel_tol": float, "grad_sample_mode": str,
                  "augment": bool, "norm_mean": float, "norm_std": float, "eval_batch_size": int, "num_workers": int,
-                 "keep_checkpoint": bool, "in_memory_max_bytes": int}
+                 "keep_checkpoint": bool, "in_memory_max_bytes": int, "trainable": str}
         try:
             s = cls(**{k: types[k](v) for k, v in settings.items() if v is not None})
         except (TypeError, ValueError) as e:
@@ -100,6 +101,8 @@ class TrainSettings:
             raise ConfigError("epochs, batch_size, physical_batch_size and eval_batch_size must be >= 1")
         if not (s.lr > 0) or not (s.max_grad_norm > 0) or not (s.norm_std > 0):
             raise ConfigError("lr, max_grad_norm and norm_std must be > 0")
+        if s.trainable not in ("all", "head"):
+            raise ConfigError(f"trainable must be 'all' or 'head', got {s.trainable!r}")
         return s
 
     def engine(self, epsilon: float) -> EngineSettings:
@@ -306,16 +309,30 @@ class _Data:
     train: CacheDataset
     val: CacheDataset | None
     test: CacheDataset | None
+    external: CacheDataset | None = None
 
 
-def _load_data(train_h5, val_h5, test_h5, manifest, labels, s: TrainSettings, channels: int) -> _Data:
+def _load_data(train_h5, val_h5, test_h5, manifest, labels, s: TrainSettings, channels: int,
+               external=None) -> _Data:
     man = read_manifest(manifest)
     kw = dict(channels=channels, mean=s.norm_mean, std=s.norm_std, in_memory_max_bytes=s.in_memory_max_bytes)
     train = CacheDataset(train_h5, man, labels, **kw)
     if len(train) == 0:
         raise ConfigError(f"training cache {train_h5} is empty")
+    ext = None
+    if external is not None:  # a test-only cohort of another site, with its own manifest
+        ext = CacheDataset(external[0], read_manifest(external[1]), labels, **kw)
     return _Data(man, train, CacheDataset(val_h5, man, labels, **kw) if val_h5 is not None else None,
-                 CacheDataset(test_h5, man, labels, **kw) if test_h5 is not None else None)
+                 CacheDataset(test_h5, man, labels, **kw) if test_h5 is not None else None, ext)
+
+
+def _freeze_all_but_head(net: nn.Module) -> None:
+    """Fine-tune the final linear layer (``fc``) only: every other parameter is frozen (it gets
+    no gradient, no clipping share and no noise)."""
+    if not hasattr(net, "fc"):
+        raise ConfigError("trainable: head needs a network with a final linear layer 'fc'")
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
 
 
 def _model_config(model_cfg, labels, private: bool) -> dict:
@@ -352,7 +369,8 @@ def train_classifier(
     *, train_h5, val_h5, test_h5, manifest, labels: Sequence[str], outputs: ClassifierOutputs,
     checkpoint: str | Path | None, epsilon: float, settings: Mapping[str, Any], model_cfg: Mapping[str, Any],
     seed: int, device: str = "auto", threads: int = 1, init_weights=None, pos_weight=None,
-    non_private_inputs: Iterable = (), inherits: Guarantee | None = None,
+    non_private_inputs: Iterable = (), external=None, subgroup_columns: Sequence[str] = (),
+    data_guarantee=None, synthetic_only: bool = False,
 ) -> dict:
     """Train, evaluate on val/test and write ``outputs``; see the module docstring.
 
@@ -377,10 +395,18 @@ def train_classifier(
         ``None`` → inverted class frequencies of the training split. DP: ``None`` → unweighted.
     non_private_inputs: extra inputs outside the DP mechanism for the card (strings,
         ``{"what", "source"}`` mappings or :class:`NonPrivateInput`).
-    inherits: the guarantee of the data the caches hold when they are the released output of a
-        DP mechanism (e.g. privatised images, :mod:`dpmed.privacy.cadp`): the run must then be
-        non-private (``epsilon = inf``) and the card is the post-processing of ``inherits``
-        (:func:`dpmed.privacy.guarantee.post_processing`) instead of "no guarantee".
+    external: ``(cache, manifest)`` of a test-only cohort of another site: its predictions are
+        written with split ``"external"`` (never trained on).
+    subgroup_columns: manifest columns copied into the predictions (besides sex, age, age_group)
+        when the manifest has them, for subgroup evaluation (e.g. ``breast_density``).
+    data_guarantee: the :class:`~dpmed.privacy.guarantee.Guarantee` of generated training data or
+        initial weights made from the SAME private records (a generator's synthetic set): the
+        card composes it with this run's DP-SGD guarantee, or -- for a non-private run on
+        such data only (``synthetic_only``) -- derives the model's guarantee from it
+        (post-processing). A non-private run that also reads real records has none.
+        Privatised images (:mod:`dpmed.privacy.cadp`, a LOCAL guarantee) are used only
+        non-privately (``epsilon = inf``, ``synthetic_only``): no DP-SGD on top of them.
+    synthetic_only: the training split holds generated records only (no private record).
 
     Returns
     -------
@@ -403,7 +429,7 @@ def train_classifier(
     except (TypeError, ValueError):
         raise ConfigError(f"epsilon must be a number or inf, got {epsilon!r}") from None
     engine_settings = s.engine(eps)
-    if inherits is not None and engine_settings.private:
+    if _is_local_release(data_guarantee) and engine_settings.private:
         raise ConfigError("a classifier trained on already-privatised data inherits their guarantee and is "
                           f"trained without DP: epsilon must be inf, got {eps!r}")
     dev = _resolve_device(device)
@@ -413,30 +439,43 @@ def train_classifier(
     torch.use_deterministic_algorithms(True, warn_only=dev.type != "cpu")
     try:
         return _train(s, engine_settings, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoint,
-                      model_cfg, int(seed), dev, init_weights, pos_weight, non_private_inputs, inherits)
+                      model_cfg, int(seed), dev, init_weights, pos_weight, non_private_inputs,
+                      _Extras(external, tuple(subgroup_columns), data_guarantee, bool(synthetic_only)))
     finally:
         torch.set_num_threads(prev[0])
         torch.use_deterministic_algorithms(prev[1], warn_only=prev[2])
 
 
+@dataclass(frozen=True)
+class _Extras:
+    external: Any = None
+    subgroup_columns: tuple = ()
+    data_guarantee: Any = None
+    synthetic_only: bool = False
+
+
 def _train(s, es, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoint, model_cfg, seed, dev,
-           init_weights, pos_weight, non_private_inputs, inherits=None) -> dict:
+           init_weights, pos_weight, non_private_inputs, extras: _Extras = _Extras()) -> dict:
     from dpmed.models import build_model
 
     t_start = time.perf_counter()
     cfg = _model_config(model_cfg, labels, es.private)
-    data = _load_data(train_h5, val_h5, test_h5, manifest, labels, s, int(cfg.get("in_channels") or 1))
+    data = _load_data(train_h5, val_h5, test_h5, manifest, labels, s, int(cfg.get("in_channels") or 1),
+                      extras.external)
     seed_globals(seed)
     net = build_model(cfg).to(dev)
     cfg = net.config() if hasattr(net, "config") else cfg
     init_info = _init_from(net, init_weights, labels) if init_weights is not None else None
+    if s.trainable == "head":
+        _freeze_all_but_head(net)
     net.train()
     if es.private:  # refuse BatchNorm & co. before anything else (calibration, data loading, any step)
         from dpmed.privacy.validation import assert_privatisable
 
         assert_privatisable(net, es.grad_sample_mode)
     pw, pw_source = _loss_weights(pos_weight, labels, data.train, es.private)
-    trainer = PrivateTrainer(es, net, torch.optim.NAdam(net.parameters(), lr=s.lr), data.train, seed=seed,
+    trainer = PrivateTrainer(es, net, torch.optim.NAdam([p for p in net.parameters() if p.requires_grad], lr=s.lr),
+                             data.train, seed=seed,
                              device=dev, checkpoint=checkpoint,
                              fingerprint=_fingerprint(s, labels, cfg, seed, es.epsilon, data, init_weights, pw, dev))
     losses = bce_per_sample(None if pw is None else pw.to(dev))
@@ -448,15 +487,16 @@ def _train(s, es, train_h5, val_h5, test_h5, manifest, labels, outputs, checkpoi
         return {"val_auroc": mean_auroc(data.val.targets.numpy(), predict(net, data.val, s.eval_batch_size, dev))[0]}
 
     trainer.run_epochs(es.epochs - trainer.epochs_done, lambda m, b: losses(m, b, augment), evaluate=evaluate)
-    aurocs = _write_outputs(outputs, net, cfg, labels, s, trainer, data, dev)
+    aurocs = _write_outputs(outputs, net, cfg, labels, s, trainer, data, dev, extras.subgroup_columns)
     npi = _card_inputs(non_private_inputs, s, init_info, pw, pw_source, es.private)
-    card = _write_card(outputs.privacy, trainer, npi, data, inherits)
+    card = _write_card(outputs.privacy, trainer, npi, data, extras.data_guarantee, extras.synthetic_only)
     if not s.keep_checkpoint:
         trainer.remove_checkpoint()
     return _result(trainer, aurocs, pw, pw_source, card, init_info, time.perf_counter() - t_start)
 
 
-def _write_outputs(outputs: ClassifierOutputs, net, cfg, labels, s: TrainSettings, trainer, data: _Data, dev) -> dict:
+def _write_outputs(outputs: ClassifierOutputs, net, cfg, labels, s: TrainSettings, trainer, data: _Data, dev,
+                   subgroup_columns: Sequence[str] = ()) -> dict:
     """model.pt, history.csv and predictions.parquet; returns the val/test mean AUROC."""
     net.eval()
     model_file = {
@@ -469,23 +509,26 @@ def _write_outputs(outputs: ClassifierOutputs, net, cfg, labels, s: TrainSetting
         torch.save(model_file, tmp)
     write_csv(pd.DataFrame(trainer.history, columns=HISTORY_COLUMNS), outputs.history)
     frames, aurocs = [], {}
-    for split, ds in (("val", data.val), ("test", data.test)):
+    meta_cols = ["sex", "age", "age_group"] + [c for c in subgroup_columns if c not in ("sex", "age", "age_group")
+                                               and c in data.man.columns]
+    for split, ds in (("val", data.val), ("test", data.test), ("external", data.external)):
         if ds is None:
             continue
         scores = predict(net, ds, s.eval_batch_size, dev)
         aurocs[split] = mean_auroc(ds.targets.numpy(), scores)[0] if len(ds) else float("nan")
-        frames.append(_prediction_frame(ds, split, labels, scores))
+        frames.append(_prediction_frame(ds, split, labels, scores, meta_cols))
     if outputs.predictions is not None:
-        cols = ["record_id", "split", "sex", "age", "age_group"] + [c for lb in labels for c in (f"y_{lb}", f"score_{lb}")]
+        cols = ["record_id", "split"] + meta_cols + [c for lb in labels for c in (f"y_{lb}", f"score_{lb}")]
         preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
         write_parquet(preds[cols], outputs.predictions)
     return aurocs
 
 
-def _prediction_frame(ds: CacheDataset, split: str, labels, scores: np.ndarray) -> pd.DataFrame:
+def _prediction_frame(ds: CacheDataset, split: str, labels, scores: np.ndarray,
+                      meta_cols: Sequence[str] = ("sex", "age", "age_group")) -> pd.DataFrame:
     y = ds.targets.numpy()
     df = pd.DataFrame({"record_id": ds.record_ids, "split": split})
-    for col in ("sex", "age", "age_group"):
+    for col in meta_cols:
         df[col] = ds.meta[col].to_numpy() if col in ds.meta.columns else None
     for j, lb in enumerate(labels):
         df[f"y_{lb}"] = y[:, j].astype(np.int8)
@@ -510,26 +553,56 @@ INHERITED_NOTE = (
     "predictions and metrics on it are not private (as for every method).")
 
 
-def _write_card(path, trainer: PrivateTrainer, npi, data: _Data, inherits: Guarantee | None = None) -> dict:
+def _is_local_release(data_g) -> bool:
+    """Whether training data are a per-record privatised release (content-aware DP), directly or
+    as the guarantee-less release of a non-private network (its nominal mechanism is local)."""
+    from dpmed.privacy.guarantee import Guarantee
+
+    if data_g is None:
+        return False
+    data_g = data_g if isinstance(data_g, Guarantee) else Guarantee.from_dict(data_g)
+    return data_g.kind == "local" or data_g.mechanism.startswith("cadp")
+
+
+def _write_card(path, trainer: PrivateTrainer, npi, data: _Data, data_guarantee=None, synthetic_only=False) -> dict:
     from dpmed.privacy.card import render_guarantee, write_privacy_card
 
-    if inherits is not None:  # post-processing of an already private release (checked non-private above)
-        g = post_processing(inherits, released="the trained model weights", not_guaranteed=(INHERITED_NOTE,),
-                            non_private_inputs=tuple(npi))
-        card = render_guarantee(g, max_records_per_patient=_max_records_per_patient(data.man, data.train.record_ids),
-                                epochs=trainer.epochs_done)
-        write_privacy_card(path, card)
-        return card
     g = trainer.guarantee(released="the trained model weights", non_private_inputs=npi, not_guaranteed=(
         "history.csv's val_auroc and the reported metrics use the validation/test splits, which DP-SGD does not "
         "protect (only training records are covered); the training loss is not recorded under DP because it is "
         "an un-noised statistic of the training records.",))
+    if data_guarantee is not None:
+        g = _with_data_guarantee(g, data_guarantee, trainer, npi, synthetic_only)
     card = render_guarantee(g, max_records_per_patient=_max_records_per_patient(data.man, data.train.record_ids),
                             epochs=trainer.epochs_done)
     if trainer.plan.private:
         card["steps_rule"] = "steps = epochs * round(1/q), q = batch_size / N_train"
     write_privacy_card(path, card)
     return card
+
+
+def _with_data_guarantee(run, data_g, trainer: PrivateTrainer, npi, synthetic_only: bool):
+    """The model's guarantee when its training data or initial weights were generated from the
+    same private records: a non-private run on them is post-processing of the generator's
+    guarantee; a DP-SGD run composes with it (one accountant over both DP-SGD histories when the
+    generator's guarantee is DP-SGD underneath)."""
+    from dpmed.privacy.guarantee import Guarantee, compose, post_processing
+
+    data_g = data_g if isinstance(data_g, Guarantee) else Guarantee.from_dict(data_g)
+    released = "the trained model weights"
+    if synthetic_only and not trainer.plan.private:
+        note = INHERITED_NOTE if _is_local_release(data_g) else (
+            "the classifier was trained without DP, only on generated data (and public inputs): it is "
+            "post-processing of the generator")
+        return post_processing(data_g, released=released, non_private_inputs=tuple(npi), not_guaranteed=(note,))
+    base = data_g
+    while base.kind == "derived" and len(base.derived_from) == 1:  # the mechanism underneath (its history)
+        base = base.derived_from[0]
+    delta = float(trainer.settings.delta) if trainer.plan.private else float(base.delta or 1e-5)
+    return compose([run, base], delta=delta, released=released,
+                   accountant=trainer.settings.accountant, not_guaranteed=(
+                       "ε composes the generator's DP-SGD (its discriminator) and this run's DP-SGD on the same "
+                       "private records",))
 
 
 def _result(trainer: PrivateTrainer, aurocs, pw, pw_source, card, init_info, seconds) -> dict:
