@@ -33,6 +33,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/federated.smk"
 
 
 rule all:
@@ -53,4 +54,5 @@ rule all:
             for dataset in config["embeddings"]["datasets"]
             for encoder in config["embeddings"]["encoders"]
         ],
+        federated=federated_targets(),
     default_target: True
