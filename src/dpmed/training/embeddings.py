@@ -196,6 +196,7 @@ def _load_file_encoder(spec: Mapping[str, Any]) -> tuple[nn.Module, dict]:
     Raises :class:`~dpmed.errors.ModelFileError` naming the file when it does not load or
     returns the wrong shape (checked on a probe batch before any record is embedded).
     """
+    from dpmed.errors import ModelFileError
     from dpmed.models.encoders import load_encoder_file
 
     channels = int(spec.get("channels", 3))
@@ -203,6 +204,12 @@ def _load_file_encoder(spec: Mapping[str, Any]) -> tuple[nn.Module, dict]:
         raise ConfigError("an encoder 'file' needs 'size' (the square input side it expects)")
     size = int(spec["size"])
     net, _ = load_encoder_file(spec["file"], (channels, size, size), spec.get("dim"))
+    try:  # the pipeline feeds batches of any size: an export traced with a fixed batch fails here
+        with torch.no_grad():
+            net(torch.zeros((3, channels, size, size)))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"encoder file {Path(spec['file']).name}: fails on a batch of 3 images "
+                             f"({type(exc).__name__}); export it with a dynamic batch dimension") from None
     enc = _Encoder(net, mean=None, std=None, size=size, output=None)
     enc.training = False  # not .eval(): an exported program's module refuses train()/eval() (it is in eval)
     desc = {"kind": "file", "file": str(spec["file"]), "channels": channels, "size": size,
