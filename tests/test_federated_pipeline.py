@@ -18,7 +18,7 @@ from test_federated_private import dpa_epsilon
 torch.set_num_threads(1)
 LABELS = ["a", "b"]
 SETTINGS = {"rounds": 2, "local_epochs": 1, "batch_size": 16, "lr": 1e-3, "max_grad_norm": 1.5, "delta": 1e-3,
-            "accountant": "pld", "n_synthetic": 100, "classifier_epochs": 5, "classifier_batch_size": 32}
+            "accountant": "rdp", "n_synthetic": 100, "classifier_epochs": 5, "classifier_batch_size": 32}
 
 
 def _cohort(tmp_path, n_per_site=(200, 220, 240), d=6, seed=0):
@@ -75,7 +75,8 @@ def test_federated_job_outputs_and_cards(tmp_path):
             steps = card["typed_guarantee"]["parameters"]["steps"]
             assert steps == 2 * 1 * max(1, int(np.floor(n / 16 + 0.5)))
             assert card["epsilon_spent"] == pytest.approx(
-                dpa_epsilon(card["noise_multiplier"], card["sample_rate"], steps, card["delta"]), rel=0.02)
+                dpa_epsilon(card["noise_multiplier"], card["sample_rate"], steps, card["delta"],
+                           card["typed_guarantee"]["parameters"]["accountant"]), rel=0.02)
             eps_clients.append(card["epsilon_spent"])
         fed = json.loads((tmp_path / f"out/cards/{method}_federation.json").read_text())
         assert fed["epsilon_spent"] == pytest.approx(max(eps_clients)) and fed["kind"] == "derived"

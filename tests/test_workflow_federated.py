@@ -60,7 +60,8 @@ def test_every_client_card_is_recomputed_by_dp_accounting(tiny_run):
                 # every step the client ran: rounds x local epochs x round(n / B)
                 spe = max(1, int(np.floor(p["n_records"] / fed["batch_size"] + 0.5)))
                 assert p["steps"] == fed["rounds"] * fed["local_epochs"] * spe
-                recomputed = dpa_epsilon(card["noise_multiplier"], card["sample_rate"], p["steps"], card["delta"])
+                recomputed = dpa_epsilon(card["noise_multiplier"], card["sample_rate"], p["steps"], card["delta"],
+                                         p["accountant"])
                 assert card["epsilon_spent"] == pytest.approx(recomputed, rel=0.02)
                 assert recomputed <= float(eps) * 1.02
                 worst = max(worst, card["epsilon_spent"])
