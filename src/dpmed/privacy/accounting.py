@@ -450,7 +450,15 @@ def calibrate_noise_multiplier(
         return 0.0
     if n == 0:
         raise PrivacyError("cannot calibrate σ for 0 steps: any σ gives ε = 0")
+    return _calibrate_cached(target, d, q, n, acc, float(rel_tol), None if precision is None else float(precision))
 
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_cached(target: float, d: float, q: float, n: int, acc: str, rel_tol: float,
+                      precision: float | None) -> float:
+    """The search of :func:`calibrate_noise_multiplier` (validated arguments). Cached: a
+    deterministic function of its arguments, and one job often trains several models with the
+    same (ε, δ, q, steps) (e.g. every method of one federated site)."""
     window_lo = (1 - rel_tol) * target
     log_aim = math.log(target * (1 - rel_tol / 2))
     log_tol = 0.2 * -math.log1p(-rel_tol)  # predictor tolerance: a fifth of the half-window
