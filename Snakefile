@@ -36,6 +36,7 @@ include: "workflow/rules/generate_common.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/federated.smk"
 
 
 rule all:
@@ -58,4 +59,5 @@ rule all:
         ],
         cadp=cadp_targets(),
         study_b=generate_outputs(),
+        federated=federated_targets(),
     default_target: True

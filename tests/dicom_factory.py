@@ -12,12 +12,12 @@ from dpmed.demo._dicom import DX_STORAGE, base_dataset, make_uid, set_mono_pixel
 
 
 def write_dx(path: Path, *, patient_id: str, sex: str = "M", age: int = 67, name: str = "Doe^John",
-             pixels: bool = True, study=dt.date(2020, 3, 4)) -> None:
+             pixels: bool = True, study=dt.date(2020, 3, 4), institution: str = "Test Hospital") -> None:
     ds = base_dataset(
         sop_class_uid=DX_STORAGE, sop_instance_uid=make_uid(path), study_uid=make_uid(path, 1),
         series_uid=make_uid(path, 2), modality="DX", patient_name=name, patient_id=patient_id,
         birth_date=study.replace(year=study.year - age) - dt.timedelta(days=10), sex=sex, age=age,
-        study_date=study, accession=f"ACC{patient_id}", institution="Test Hospital",
+        study_date=study, accession=f"ACC{patient_id}", institution=institution,
     )
     # Pixels differ per file (ingestion refuses one image under two records).
     rng = np.random.default_rng(zlib.crc32(str(Path(path).name + patient_id + str(study)).encode()))

@@ -78,3 +78,42 @@ def test_load_encoder_missing_weights_names_file(tmp_path):
         load_encoder({"module": "dpmed.models:build_model"})
     with pytest.raises(ConfigError, match="unknown"):
         load_encoder({"module": "x:y", "weights": str(missing), "url": "https://example.org"})
+
+
+class _Pool(torch.nn.Module):
+    """A stand-in for a hospital's own foundation model: per-channel means and maxima, (B, 2C)."""
+
+    def forward(self, x):
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_encoder_file_embeds_every_record(setup, tmp_path, kind):
+    from dpmed.errors import ModelFileError
+
+    root, paths, man, net, model_path = setup
+    example = torch.zeros(2, 3, 24, 24)
+    path = tmp_path / ("enc.pt" if kind == "torchscript" else "enc.pt2")
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.trace(_Pool().eval(), example), str(path))
+    else:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.export.save(torch.export.export(_Pool().eval(), (example,), dynamic_shapes=({0: batch},)), str(path))
+        static = tmp_path / "static.pt2"  # traced with a fixed batch of 2: refused, naming the file
+        torch.export.save(torch.export.export(_Pool().eval(), (example,)), str(static))
+        with pytest.raises(ModelFileError, match="encoder file static.pt2: fails on a batch of 3 images"):
+            extract_embeddings({"file": str(static), "size": 24}, [paths["test"]], tmp_path / "s.h5")
+    spec = {"file": str(path), "size": 24, "channels": 3, "dim": 6}
+    res = extract_embeddings(spec, [paths["test"], paths["val"]], tmp_path / "f.h5", device="cpu")
+    assert res["n"] == 10 and res["dim"] == 6
+    with h5py.File(tmp_path / "f.h5") as fh:
+        emb = fh["embedding"][()]
+    # a constant-free grey image gives equal channel means (the three channels are copies)
+    np.testing.assert_allclose(emb[:, 0], emb[:, 1], rtol=1e-6)
+    with pytest.raises(ModelFileError, match=f"encoder file {path.name}: returns 6-d embeddings, the "
+                                             "configuration expects 768"):
+        extract_embeddings({**spec, "dim": 768}, [paths["test"]], tmp_path / "g.h5", device="cpu")
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="encoder file broken.pt: cannot be loaded"):
+        extract_embeddings({**spec, "file": str(tmp_path / "broken.pt")}, [paths["test"]], tmp_path / "h.h5")
+    assert not (tmp_path / "g.h5").exists() and not (tmp_path / "h.h5").exists()

@@ -58,7 +58,7 @@ def test_no_patient_identifier_in_results_or_logs(tiny_run):
     for path in (workdir / "resources/demo").rglob("*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         identifiers |= {str(ds.PatientID), str(ds.PatientName), str(ds.PatientBirthDate),
-                        str(ds.StudyDate), str(ds.AccessionNumber)}
+                        str(ds.StudyDate), str(ds.AccessionNumber), str(ds.get("InstitutionName", ""))}
     for table in (workdir / "resources/demo").rglob("*.csv"):
         frame = pd.read_csv(table, dtype=str)
         if "patient_id" in frame:

@@ -251,7 +251,7 @@ def encoder_inputs(wildcards):
     if "pretrained" in spec:
         inputs["encoder"] = f"results/{spec['pretrained']}/pretrained/model.pt"
     else:
-        inputs["encoder"] = spec["weights"]
+        inputs["encoder"] = spec["file"] if "file" in spec else spec["weights"]
     return inputs
 
 

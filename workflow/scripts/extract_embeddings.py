@@ -13,10 +13,11 @@ log = _log.setup(sm)
 spec = dict(sm.params.encoder)
 if "pretrained" in spec:
     spec = sm.input.encoder
-extract_embeddings(
-    spec,
-    [sm.input.train, sm.input.val, sm.input.test],
-    sm.output[0],
-    device=sm.params.device,
-)
+with _log.reported(log):  # an encoder file that does not load or fit: one line naming the file
+    extract_embeddings(
+        spec,
+        [sm.input.train, sm.input.val, sm.input.test],
+        sm.output[0],
+        device=sm.params.device,
+    )
 log.info("embeddings written to %s", sm.output[0])

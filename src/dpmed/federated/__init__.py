@@ -5,6 +5,8 @@
 * :mod:`.data` — a site's scaled embeddings and labels per split;
 * :mod:`.scaling` — feature bounds that do not come from private data;
 * :mod:`.rounds` — the round loop (:func:`client_update`, :func:`aggregate`), in process;
+* :mod:`.private` — DP-SGD per client through the private-training engine (σ for every step);
+* :mod:`.study` / :mod:`.pipeline` — every method at one (ε, seed), and the workflow job;
 * :mod:`.flower` — the same functions under Flower's deployment engine;
 * :mod:`.synthetic` — per-site synthetic global data; :mod:`.downstream` — λ-interpolated linear
   classifiers, FedAvg/FedProx baselines, metrics; :mod:`.fidelity` — Sinkhorn W₂.
@@ -20,6 +22,8 @@ _EXPORTS = {
                    "mean_std_over_sites", "site_downstream", "site_metrics", "train_linear"),
     "fidelity": ("sinkhorn_w2",),
     "guarantee": ("federation_guarantee",),
+    "private": ("ClientDP", "client_guarantee", "cvae_loss", "engine_trainer", "linear_loss"),
+    "study": ("FederatedSettings", "run_study"),
     "rounds": ("ClientState", "adam_trainer", "aggregate", "aggregation_weights", "client_update",
                "round_generator", "run_in_process", "shared_weights"),
     "scaling": ("FeatureBounds", "fixed_bounds", "public_bounds"),

@@ -15,16 +15,22 @@ One SuperLink (the server) and one SuperNode per hospital; the Flower app is def
 Run config keys (``federation/pyproject.toml`` ``[tool.flwr.app.config]``, overridable with
 ``flwr run --run-config``): ``rounds``, ``local-epochs``, ``batch-size``, ``lr``, ``seed``
 (model initialisation), ``feature-dim``, ``n-classes``, ``n-clients``, ``output``,
-``noise-seed`` (−1 = OS entropy; only a test sets another value), ``weights`` (empty: uniform;
-else comma-separated FedAvg weights in client-index order, e.g. record counts the sites agree to
-treat as public). Node config keys (each SuperNode's ``--node-config``): ``data-path``,
-``client-index`` (0..M−1, agreed with the server), ``site`` (the site's pseudonym, for messages).
+``noise-seed`` (−1 = OS entropy; only a test sets another value; it seeds the CVAE's
+reparameterisation only — the DP noise and Poisson sampling come from the engine's secret seed),
+``epsilon``, ``delta``, ``max-grad-norm``, ``accountant`` (per-client DP-SGD; ``epsilon`` −1:
+non-private), ``weights`` (empty: uniform; else comma-separated FedAvg weights in client-index
+order, e.g. record counts the sites agree to treat as public). Node config keys (each
+SuperNode's ``--node-config``): ``data-path``, ``client-index`` (0..M−1, agreed with the
+server), ``site`` (the site's pseudonym, for messages), ``checkpoint`` (the engine's state
+between rounds, under the site's private directory; deleted after the last round), ``card``
+(optional: where the site writes its privacy card after the last round).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -32,8 +38,9 @@ import torch
 
 from dpmed.errors import DpmedError, SiteError
 from dpmed.federated.data import read_site_file
-from dpmed.federated.rounds import (ClientState, LocalTrainer, adam_trainer, aggregate, client_update,
-                                    round_generator, shared_weights)
+from dpmed.federated.private import ClientDP, engine_trainer
+from dpmed.federated.rounds import (ClientState, LocalTrainer, aggregate, client_update, round_generator,
+                                    shared_weights)
 from dpmed.io.atomic import atomic_path
 from dpmed.models.cvae import initial_cvae
 
@@ -95,9 +102,26 @@ def server_main(grid: Grid, context: Context) -> None:
 client_app = ClientApp()
 
 
-def make_trainer(run_config: dict) -> LocalTrainer:
-    """The local trainer of a run (plain Adam until the private-training engine plugs in here)."""
-    return adam_trainer(lr=float(run_config["lr"]), batch_size=int(run_config["batch-size"]))
+def client_dp(run_config: dict) -> ClientDP:
+    """The clients' DP settings from the run config (``epsilon`` -1 or absent: non-private)."""
+    eps = float(run_config.get("epsilon", -1))
+    return ClientDP(rounds=int(run_config["rounds"]), local_epochs=int(run_config["local-epochs"]),
+                    batch_size=int(run_config["batch-size"]), epsilon=eps if eps > 0 else math.inf,
+                    delta=float(run_config["delta"]) if eps > 0 else None,
+                    max_grad_norm=float(run_config.get("max-grad-norm", 1.5)), lr=float(run_config["lr"]),
+                    accountant=str(run_config.get("accountant", "prv")))
+
+
+def make_trainer(run_config: dict, node_config: dict) -> LocalTrainer:
+    """The local trainer: DP-SGD through the engine (:func:`~dpmed.federated.private.engine_trainer`),
+    σ for all rounds × local epochs; the engine's checkpoint (node config ``checkpoint``, under the
+    site's private directory) carries accountant, optimizer and secret seed from round to round."""
+    dp = client_dp(run_config)
+    if dp.engine_settings().private and not str(node_config.get("checkpoint", "")):
+        raise DpmedError("a private federated client needs node config 'checkpoint' (a path under the "
+                         "site's private directory): the ClientApp is re-created every round")
+    return engine_trainer(dp, seed=int(run_config["seed"]), client_index=int(node_config["client-index"]),
+                          checkpoint=str(node_config.get("checkpoint", "")) or None)
 
 
 def client_round(content: RecordDict, run_config: dict, node_config: dict, state: RecordDict) -> RecordDict:
@@ -124,15 +148,33 @@ def client_round(content: RecordDict, run_config: dict, node_config: dict, state
         model.load_state_dict(state["cvae"].to_torch_state_dict())
     trainer_state = json.loads(str(state["trainer"]["json"])) if "trainer" in state else {}
     client = ClientState(site, model, model.decoder, x, c, trainer_state)
+    trainer = make_trainer(cfg, node_config)
     noise_seed = int(cfg.get("noise-seed", -1))
     rnd = int(content["config"]["server-round"])
     decoder = client_update(
         client, content["arrays"].to_torch_state_dict(),
-        local_epochs=int(content["config"]["local-epochs"]), trainer=make_trainer(cfg),
+        local_epochs=int(content["config"]["local-epochs"]), trainer=trainer,
         generator=round_generator(None if noise_seed < 0 else noise_seed, index, rnd))
     state["cvae"] = ArrayRecord(shared_weights(model))
-    state["trainer"] = ConfigRecord({"json": json.dumps(client.trainer_state)})
+    # the live engine stays out of the Context: it resumes from its checkpoint next round
+    state["trainer"] = ConfigRecord({"json": json.dumps({k: v for k, v in client.trainer_state.items()
+                                                         if not k.startswith("_")})})
+    _finish_if_last(client, rnd, cfg, node_config)
     return RecordDict({"arrays": ArrayRecord(decoder), "metrics": MetricRecord({"client-index": index})})
+
+
+def _finish_if_last(client: ClientState, rnd: int, cfg: dict, node_config: dict) -> None:
+    """After the last round: write the client's privacy card (node config ``card``, optional) and
+    delete the engine's checkpoint with its secret seed."""
+    engine = client.trainer_state.get("_engine")
+    if engine is None or rnd < int(cfg["rounds"]):
+        return
+    if str(node_config.get("card", "")):
+        from dpmed.privacy.card import render_guarantee, write_privacy_card
+
+        g = engine.guarantee(released=f"site {client.site}'s CVAE decoder updates (every round)")
+        write_privacy_card(str(node_config["card"]), render_guarantee(g))
+    engine.remove_checkpoint()
 
 
 @client_app.train()

@@ -187,8 +187,9 @@ def run_in_process(states: Sequence[ClientState], initial: Mapping[str, torch.Te
 def adam_trainer(lr: float = 1e-3, batch_size: int = 64, prox_mu: float = 0.0) -> LocalTrainer:
     """A plain, NON-PRIVATE local trainer: Adam on the mean of ``state.model.per_sample_loss``.
 
-    Stand-in until the private-training engine plugs in here (same signature; it will keep its
-    accountant in ``state.trainer_state``). Shuffled mini-batches; Adam's moments are reset every
+    Used where the paper trains without DP (the FedAvg/FedProx baselines at ε = ∞, downstream
+    classifiers); private clients use :func:`dpmed.federated.private.engine_trainer` (same
+    signature; it keeps its engine in ``state.trainer_state``). Shuffled mini-batches; Adam's moments are reset every
     round (clients hold no optimiser state across rounds). ``prox_mu > 0`` adds FedProx's
     μ/2·‖w − w_global‖² on the shared weights.
     """

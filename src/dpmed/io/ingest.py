@@ -66,6 +66,7 @@ class SourceRecord:
     age: Any = None
     grades: dict[str, Any] = dataclasses.field(default_factory=dict)
     split: str | None = None
+    site: Any = None  # the table's optional ``site`` cell (overrides DICOM InstitutionName)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     identifiers: list[str] = dataclasses.field(default_factory=list)
 
@@ -220,7 +221,8 @@ def adapt_table(cfg: dict, *, volume: bool) -> list[SourceRecord]:
                 age=row.get("age"),
                 grades={label: row[label] for label in cfg["labels"]},
                 split=row[split_col] if split_col else None,
-                identifiers=[rel],
+                site=row.get("site"),
+                identifiers=[rel] + ([str(row["site"]).strip()] if not _is_missing(row.get("site")) else []),
             )
         )
     return records
@@ -267,6 +269,9 @@ def adapt_cbis_ddsm(cfg: dict) -> list[SourceRecord]:
     return records
 
 
+# Adapters whose records carry a site (DICOM InstitutionName or a ``site`` table column).
+SITE_ADAPTERS = ("dicom_folder", "nifti_clinical")
+
 ADAPTERS: dict[str, Callable[[dict], list[SourceRecord]]] = {
     "dicom_folder": lambda cfg: adapt_table(cfg, volume=False),
     "nifti_clinical": lambda cfg: adapt_table(cfg, volume=True),
@@ -289,11 +294,13 @@ def _header_facts(path: Path) -> dict:
         "dates": (birth, study) if birth and study else None,
         "identifiers": header_identifiers(ds),
         "modality": str(ds.get("Modality", "") or ""),
+        "institution": str(ds.get("InstitutionName", "") or "").strip() or None,
         "sop_class": pydicom.uid.UID(str(ds.get("SOPClassUID", "") or "")).name,
     }
 
 
-_NO_HEADER = {"patient": None, "sex": None, "age": None, "dates": None, "identifiers": [], "modality": "", "sop_class": ""}
+_NO_HEADER = {"patient": None, "sex": None, "age": None, "dates": None, "identifiers": [], "modality": "",
+              "institution": None, "sop_class": ""}
 
 
 class _Refused(Exception):
@@ -454,7 +461,27 @@ def _resolve(record: SourceRecord, facts: dict, cfg: dict) -> dict:
             raise ValueError("split is not one of train/val/test")
     else:
         split = None
-    return {"patient": str(patient), "sex": sex, "age": age, "labels": labels, "split": split}
+    site = None
+    if cfg["adapter"] in SITE_ADAPTERS:
+        site = normalise_site(record.site if not _is_missing(record.site) else facts.get("institution"))
+    return {"patient": str(patient), "sex": sex, "age": age, "labels": labels, "split": split, "site": site}
+
+
+def normalise_site(name: Any) -> str | None:
+    """One spelling per site name: stripped, inner whitespace collapsed, case-folded (``None`` if empty).
+
+    ``"  Demo  General Hospital"`` and ``"DEMO GENERAL HOSPITAL"`` are the same site.
+    """
+    if _is_missing(name):
+        return None
+    text = " ".join(str(name).split()).casefold()
+    return text or None
+
+
+def site_pseudonym(key: bytes, site: str) -> str:
+    """A site's keyed pseudonym (``S-…``). The HMAC input carries a ``site:`` domain prefix, so a
+    site name can never give the same pseudonym as a patient id that happens to equal it."""
+    return pseudonym(key, "site:" + site, "S")
 
 
 def age_group_edges(ages: np.ndarray, spec) -> list[float]:
@@ -611,6 +638,7 @@ def _check_split_sizes(name: str, split_of: dict[str, str], resolved: dict[int, 
 
 def _manifest_rows(name: str, key: bytes, records, resolved, split_of, pseudonyms) -> tuple[list, list]:
     rows, sources = [], []
+    with_site = any(r.get("site") for r in resolved.values())
     for i, r in resolved.items():
         rec = records[i]
         record_id = pseudonym(key, f"{name}|{rec.key}", name)
@@ -623,6 +651,7 @@ def _manifest_rows(name: str, key: bytes, records, resolved, split_of, pseudonym
             "age_group": r["age_group"],
             **{f"label_{k}": v for k, v in r["labels"].items()},
             "source_path": rec.row,  # where the record is listed; the real path stays private
+            **({"site": site_pseudonym(key, r["site"]) if r.get("site") else None} if with_site else {}),
             **rec.extra,  # whitelisted values only (see CBIS_WHITELIST)
         })
         sources.append({
@@ -672,6 +701,7 @@ def ingest_dataset(name: str, cfg: dict, *, key: bytes, on_bad_record: str = "er
 
     edges = _assign_age_groups(records, resolved, errors, cfg)
     _check_given_splits(records, resolved, errors, pseudonyms)
+    _check_one_site(records, resolved, errors, pseudonyms)
     if errors and on_bad_record == "error":
         _stop_on_first(errors, redact)
     rejected = _rejected_table(errors, redact)
@@ -712,4 +742,22 @@ def _check_given_splits(records, resolved, errors, pseudonyms) -> None:
             )
             for i in rows:
                 errors[i] = BadRecordError("table", records[i].row, reason)
+                del resolved[i]
+
+
+def _check_one_site(records, resolved, errors, pseudonyms) -> None:
+    """A patient recorded at two sites is a bad record (every such row, naming the table lines):
+    the federation's sites must be disjoint by patient. The reason names no site."""
+    sites: dict[str, set] = {}
+    for r in resolved.values():
+        if r.get("site"):
+            sites.setdefault(r["patient"], set()).add(r["site"])
+    for patient, seen in sites.items():
+        if len(seen) > 1:
+            rows = [i for i, r in resolved.items() if r["patient"] == patient]
+            where = ", ".join(records[i].row for i in rows)
+            reason = (f"patient {pseudonyms[patient]} appears at {len(seen)} sites ({where}); a patient "
+                      "must belong to one site (InstitutionName or the table's site column)")
+            for i in rows:
+                errors[i] = BadRecordError("table or header", records[i].row, reason)
                 del resolved[i]

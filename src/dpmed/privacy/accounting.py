@@ -214,13 +214,25 @@ def _prv_predict(sigma: float, q: float, steps: int, delta: float) -> float:
 
 
 # --------------------------------------------------------------------------- RDP / PLD
+@functools.lru_cache(maxsize=4096)
+def _rdp_per_step(q: float, sigma: float) -> np.ndarray:
+    """RDP of one subsampled Gaussian step at every order (Opacus' formula; RDP is linear in the
+    steps, so a history is a sum of steps × this vector). Cached: an engine asks for ε after
+    every epoch with the same (σ, q), and fractional orders at large q cost ~1 s each."""
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    out = np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(RDP_ORDERS)))
+    out.setflags(write=False)
+    return out
+
+
 def _rdp_epsilon(history: tuple[Segment, ...], delta: float) -> float:
     from opacus.accountants.analysis import rdp as rdp_analysis
 
     orders = list(RDP_ORDERS)
     total = np.zeros(len(orders))
     for s, q, n in history:
-        total = total + np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=s, steps=n, orders=orders))
+        total = total + n * _rdp_per_step(float(q), float(s))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha"
         eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
@@ -438,7 +450,15 @@ def calibrate_noise_multiplier(
         return 0.0
     if n == 0:
         raise PrivacyError("cannot calibrate σ for 0 steps: any σ gives ε = 0")
+    return _calibrate_cached(target, d, q, n, acc, float(rel_tol), None if precision is None else float(precision))
 
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_cached(target: float, d: float, q: float, n: int, acc: str, rel_tol: float,
+                      precision: float | None) -> float:
+    """The search of :func:`calibrate_noise_multiplier` (validated arguments). Cached: a
+    deterministic function of its arguments, and one job often trains several models with the
+    same (ε, δ, q, steps) (e.g. every method of one federated site)."""
     window_lo = (1 - rel_tol) * target
     log_aim = math.log(target * (1 - rel_tol / 2))
     log_tol = 0.2 * -math.log1p(-rel_tol)  # predictor tolerance: a fifth of the half-window

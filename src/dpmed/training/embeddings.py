@@ -135,6 +135,8 @@ def load_encoder(spec: Mapping[str, Any]) -> tuple[nn.Module, dict]:
     """
     if not isinstance(spec, Mapping):
         raise ConfigError(f"encoder spec must be a mapping, got {type(spec).__name__}")
+    if spec.get("file"):
+        return _load_file_encoder(spec)
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
         raise ConfigError(f"unknown encoder spec keys {unknown}; allowed: {sorted(_SPEC_KEYS)}")
@@ -184,6 +186,34 @@ def load_encoder(spec: Mapping[str, Any]) -> tuple[nn.Module, dict]:
         # dataset scaling: value_range -> [0, 1] only; the per-channel constants are in the encoder
         "dataset_mean": 0.0, "dataset_std": 1.0,
     }
+    return enc, desc
+
+
+def _load_file_encoder(spec: Mapping[str, Any]) -> tuple[nn.Module, dict]:
+    """A TorchScript / ``torch.export`` encoder file (``file``), fed ``channels`` × ``size``² images
+    scaled to [0, 1]; ``dim`` (optional) is the embedding length it must return.
+
+    Raises :class:`~dpmed.errors.ModelFileError` naming the file when it does not load or
+    returns the wrong shape (checked on a probe batch before any record is embedded).
+    """
+    from dpmed.errors import ModelFileError
+    from dpmed.models.encoders import load_encoder_file
+
+    channels = int(spec.get("channels", 3))
+    if not spec.get("size"):
+        raise ConfigError("an encoder 'file' needs 'size' (the square input side it expects)")
+    size = int(spec["size"])
+    net, _ = load_encoder_file(spec["file"], (channels, size, size), spec.get("dim"))
+    try:  # the pipeline feeds batches of any size: an export traced with a fixed batch fails here
+        with torch.no_grad():
+            net(torch.zeros((3, channels, size, size)))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"encoder file {Path(spec['file']).name}: fails on a batch of 3 images "
+                             f"({type(exc).__name__}); export it with a dynamic batch dimension") from None
+    enc = _Encoder(net, mean=None, std=None, size=size, output=None)
+    enc.training = False  # not .eval(): an exported program's module refuses train()/eval() (it is in eval)
+    desc = {"kind": "file", "file": str(spec["file"]), "channels": channels, "size": size,
+            "dataset_mean": 0.0, "dataset_std": 1.0}
     return enc, desc
 
 
