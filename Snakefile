@@ -33,6 +33,8 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:
@@ -48,6 +50,8 @@ rule all:
             for dataset in CLASSIFIER_DATASETS
             for name in SUMMARY_FILES
         ],
+        comparison=comparison_targets(),
+        audit=audit_targets(),
         embeddings=[
             f"results/{dataset}/embeddings/{encoder}.h5"
             for dataset in config["embeddings"]["datasets"]
