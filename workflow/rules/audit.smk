@@ -50,7 +50,8 @@ def audit_training_params(wildcards):
 
 def audit_settings(wildcards):
     cfg = audit_cfg(wildcards.dataset)
-    return canonical({"canaries": cfg["canaries"], "seed": cfg["seed"], "alpha": cfg["alpha"]})
+    return canonical({"canaries": cfg["canaries"], "seed": cfg["seed"], "alpha": cfg["alpha"],
+                      "design": cfg["design"]})
 
 
 def audit_targets():
@@ -88,6 +89,9 @@ rule audit_classifier:
         method=methods_of_rule("train_classifier"),
     input:
         unpack(method_inputs),
+        # the production model of the same method, eps and seed: the reference that calibrates
+        # each canary's score (trained without the flips, independent of the inclusion mask)
+        reference=f"{classifier_dir('{dataset}')}/model.pt",
     output:
         audit=f"{audit_dir()}/audit.json",
         privacy=f"{audit_dir()}/privacy.json",

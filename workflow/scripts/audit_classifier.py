@@ -12,13 +12,16 @@ from dpmed.training.canary_run import AuditOutputs, AuditSettings, run_canary_au
 
 sm = snakemake  # noqa: F821
 log = _log.setup(sm)
+inputs = dict(sm.input.items())
+reference = inputs.pop("reference")
 report = run_canary_audit(
-    dict(sm.input.items()),
+    inputs,
     sm.params.training,
     AuditSettings.from_mapping(sm.params.audit),
     AuditOutputs(audit=Path(sm.output.audit), card=Path(sm.output.privacy), history=Path(sm.output.history),
                  model=Path(sm.output.model), mask=Path(sm.output.mask), work=Path(sm.params.work)),
     sm.params.private_dir,
+    reference_model=reference,
     device=sm.params.device,
     threads=sm.threads,
 )
