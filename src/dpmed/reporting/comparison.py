@@ -310,7 +310,7 @@ def comparison_markdown(table: pd.DataFrame, metrics: Sequence[str], spread: str
             _pm(v, e) for v, e in zip(table[m], table[f"{m}_err"])]
     view["worst-group AUROC"] = [f"{_num(v, True)} ({g})" if g else "" for v, g in
                                  zip(table["worst_group_auroc"], table["worst_group"])]
-    view["largest |PD|"] = [f"{_num(v, True)} ({g})" if g else "" for v, g in
+    view["largest abs(PD)"] = [f"{_num(v, True)} ({g})" if g else "" for v, g in
                             zip(table["largest_parity_difference"], table["largest_parity_group"])]
     return render_markdown(pd.DataFrame(view), index=False)
 
@@ -325,9 +325,9 @@ def best_markdown(best: pd.DataFrame) -> str:
         "AUROC": [_num(v, True) for v in best["auroc"]],
         "AUROC cost": [_num(v, True) for v in best["auroc_cost"]],
         "worst-group AUROC cost": [_num(v, True) for v in best["worst_group_auroc_cost"]],
-        "largest |PD|": [f"{_num(v, True)} ({g})" for v, g in
+        "largest abs(PD)": [f"{_num(v, True)} ({g})" for v, g in
                          zip(best["largest_parity_difference"], best["largest_parity_group"])],
-        "|PD| cost": [_num(v, True) for v in best["parity_cost"]],
+        "abs(PD) cost": [_num(v, True) for v in best["parity_cost"]],
     })
     return render_markdown(view, index=False)
 
