@@ -2,32 +2,11 @@
 # and the largest parity difference against epsilon, each method's kind of guarantee read from
 # its privacy cards, and the best model per epsilon among guarantees at least as strong.
 # Generic over the method registry: whatever summary_runs() lists is compared.
+# Functions: workflow/rules/report_common.smk.
 
 
 localrules:
     compare_methods,
-
-
-COMPARISON_FILES = ["comparison.csv", "comparison.md", "best_by_epsilon.csv", "best_by_epsilon.md", "comparison.png"]
-
-
-def comparison_targets():
-    """What `rule all` asks of the comparison: each classifier dataset's page."""
-    return [f"results/{d}/comparison/{name}" for d in CLASSIFIER_DATASETS for name in COMPARISON_FILES]
-
-
-def comparison_runs(dataset):
-    return [{**run, "privacy": f"{classifier_dir(dataset, run['method'], run['eps'], run['seed'])}/privacy.json"}
-            for run in summary_runs(dataset)]
-
-
-def comparison_params(wildcards):
-    cfg = dataset_cfg(wildcards.dataset)
-    return canonical({
-        "delta": cfg["classifier"]["dp"]["delta"],
-        "metrics": list(cfg.get("reporting", {}).get("comparison_metrics", ["auroc"])),
-        "spread": dataset_spread(wildcards.dataset),
-    })
 
 
 rule compare_methods:
