@@ -28,6 +28,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/report_common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/preprocess.smk"
@@ -37,6 +38,8 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/federated.smk"
+include: "workflow/rules/compare.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:
@@ -52,6 +55,8 @@ rule all:
             for dataset in CLASSIFIER_DATASETS
             for name in SUMMARY_FILES
         ],
+        comparison=comparison_targets(),
+        audit=audit_targets(),
         embeddings=[
             f"results/{dataset}/embeddings/{encoder}.h5"
             for dataset in config["embeddings"]["datasets"]

@@ -34,6 +34,25 @@ def _summary(dataset):
     return ("summarise_dataset", f"results/{dataset}/summary/table1.csv")
 
 
+def _comparison(dataset):
+    return ("compare_methods", f"results/{dataset}/comparison/comparison.csv")
+
+
+def _audit(dataset, eps):
+    return ("audit_classifier", f"results/{dataset}/audit/dpsgd/eps_{eps}/seed_0/audit.json")
+
+
+def _audit_summary(dataset):
+    return ("summarise_audit", f"results/{dataset}/audit/audit.csv")
+
+
+def _audited(config, dataset, finite_only=False):
+    """The eps labels the dataset's audit covers (as the workflow spells them)."""
+    audit = config["datasets"][dataset].get("audit") or {}
+    labels = ["inf" if str(e) == "inf" else f"{float(e):g}" for e in audit.get("epsilons", [])]
+    return [e for e in labels if not (finite_only and e == "inf")]
+
+
 def test_no_change_nothing_to_do(tiny_run):
     workdir, configfile, _ = tiny_run
     assert planned_jobs(workdir, configfile) == set()
@@ -69,6 +88,7 @@ def test_added_epsilon_runs_only_that_epsilon(tiny_run):
         ("evaluate_classifier", _metrics("cxr", "4", "cadp")),
         ("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png"),
         ("cadp_examples", "results/cxr/cadp/examples.png"),
+        _comparison("cxr"),
     }
 
 
@@ -82,7 +102,12 @@ def test_dp_hyperparameter_reruns_dp_training_only(tiny_run):
     for name in ("cxr", "ct"):
         for eps in eps_labels(tiny_run[2], name, finite_only=True):
             expected |= {("train_classifier", _model(name, eps)), ("evaluate_classifier", _metrics(name, eps))}
-        expected.add(_summary(name))
+        expected |= {_summary(name), _comparison(name)}
+        # the audit's canary runs use the production settings: a DP setting reruns the DP audits
+        audited = _audited(tiny_run[2], name, finite_only=True)
+        expected |= {_audit(name, eps) for eps in audited}
+        if audited:
+            expected.add(_audit_summary(name))
     assert jobs == expected
     assert not {rule for rule, _ in jobs} & {"preprocess", "pretrain_classifier", "extract_embeddings", "ingest"}
 
@@ -94,7 +119,7 @@ def test_ct_window_reruns_the_ct_chain_only(tiny_run):
     expected = {("preprocess", f"results/ct/preprocessed/{s}.h5") for s in ("train", "val", "test")}
     for eps in eps_labels(tiny_run[2], "ct"):
         expected |= {("train_classifier", _model("ct", eps)), ("evaluate_classifier", _metrics("ct", eps))}
-    expected.add(_summary("ct"))
+    expected |= {_summary("ct"), _comparison("ct")}
     assert _plan(tiny_run, window, "ct_window_plan.yaml") == expected
 
 
@@ -102,10 +127,13 @@ def test_evaluation_setting_reruns_evaluation_and_summaries(tiny_run):
     def redraws(cfg):
         cfg.setdefault("evaluation", {})["n_bootstrap"] = 123
 
-    expected = {_summary("cxr"), _summary("ct"), ("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png")}
+    expected = {_summary("cxr"), _summary("ct"), _comparison("cxr"), _comparison("ct"),
+                ("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png")}
     for name in ("cxr", "ct"):
         for eps in eps_labels(tiny_run[2], name):
             expected.add(("evaluate_classifier", _metrics(name, eps)))
+        if _audited(tiny_run[2], name):  # the audit tables show the models' subgroup fairness
+            expected.add(_audit_summary(name))
     for eps in eps_labels(tiny_run[2], "cxr"):  # content-aware DP runs on cxr only
         expected.add(("evaluate_classifier", _metrics("cxr", eps, "cadp")))
     assert _plan(tiny_run, redraws, "redraws.yaml") == expected

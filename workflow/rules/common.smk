@@ -267,3 +267,13 @@ SUMMARY_FILES = [
     "auroc_vs_positives.png",
     "parity_vs_epsilon.png",
 ]
+
+
+# ---------------------------------------------------------------- reporting definitions (issue 12)
+def dataset_spread(dataset):
+    """The +- of Table 1, the figures and the comparison: the study's choice (std over seeds for
+    CT, bootstrap std otherwise) unless datasets.<name>.reporting.spread names one."""
+    spread = dataset_cfg(dataset).get("reporting", {}).get("spread", "auto")
+    if spread == "auto":
+        return "seeds" if dataset_cfg(dataset)["kind"] == "ct" else "bootstrap"
+    return spread

@@ -26,6 +26,7 @@ rule summarise_dataset:
     input:
         metrics=lambda w: [run["metrics"] for run in summary_runs(w.dataset)],
         predictions=lambda w: [run["predictions"] for run in summary_runs(w.dataset)],
+        manifest="results/{dataset}/manifest.parquet",
     output:
         **{
             name.replace(".", "_"): report(
@@ -39,6 +40,7 @@ rule summarise_dataset:
     params:
         evaluation=evaluation_params,
         runs=lambda w: summary_runs(w.dataset),
+        spread=lambda w: dataset_spread(w.dataset),
     conda:
         "../envs/dpmed.yaml"
     log:

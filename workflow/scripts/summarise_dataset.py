@@ -10,6 +10,7 @@ import _log  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dpmed.evaluation import compare_models  # noqa: E402
+from dpmed.evaluation.aggregate import positives_per_label  # noqa: E402
 from dpmed.io.atomic import write_csv  # noqa: E402
 from dpmed.reporting.tables import write_summary  # noqa: E402
 
@@ -26,7 +27,10 @@ for (method, eps, seed), run in runs.items():
     predictions[(method, eps, seed)] = pd.read_parquet(run["predictions"])
 metrics = pd.concat(frames, ignore_index=True)
 out_dir = Path(sm.output.table1_csv).parent
-write_summary(metrics, out_dir)
+# the study's definitions: AUROC against the positives each label had in TRAINING, and the
+# spread the study reports (std over independent trainings for CT, bootstrap std for CXR)
+train_positives = positives_per_label(pd.read_parquet(sm.input.manifest), ev["labels"], "train")
+write_summary(metrics, out_dir, train_positives=train_positives, spread=sm.params.spread)
 
 comparisons = []
 for (method, eps, seed), pred in predictions.items():
