@@ -333,3 +333,57 @@ def test_dp_empty_poisson_batches_are_noise_steps(tmp_path, mode):
     assert np.isnan(res["test_auroc"])
     pred = pd.read_parquet(tmp_path / "o" / "predictions.parquet")
     assert set(pred["split"]) == {"val"}
+
+
+# ----------------------------------------------------------------------------- study B additions
+def _dp_generator_guarantee(eps=4.0, steps=20, q=0.1):
+    """A DP-MCGAN-like generator guarantee: post-processing of a DP-SGD run with its history."""
+    from dpmed.privacy.accounting import calibrate_noise_multiplier
+    from dpmed.privacy.guarantee import Guarantee, post_processing
+
+    sigma = calibrate_noise_multiplier(eps, DELTA, q, steps, accountant="rdp", rel_tol=0.01)
+    d = Guarantee(kind="central", unit="record", epsilon=eps, delta=DELTA, mechanism="dp-sgd",
+                  parameters={"history": [[sigma, q, steps]], "accountant": "rdp"}, released="D")
+    return post_processing(d, released="generator")
+
+
+def test_head_only_finetune_external_predictions_and_composed_card(cohort, tmp_path):
+    """trainable: head changes only fc; the external cohort is predicted (split external) with the
+    configured subgroup column; a DP run on data from a DP generator composes both histories."""
+    from dpmed.privacy.accounting import epsilon_for_history
+    from dpmed.privacy.guarantee import Guarantee
+
+    paths, man = cohort
+    full = tmp_path / "full"
+    _run(cohort, full, math.inf, settings={"epochs": 1})
+    ext_man = pd.read_parquet(man).assign(site_group=lambda d: np.where(d.index % 2, "a", "b"))
+    ext_man.to_parquet(tmp_path / "ext.parquet")
+    gen = _dp_generator_guarantee()
+    out = tmp_path / "ft"
+    _run(cohort, out, 3.0, init_weights=full / "model.pt", settings={"epochs": 1, "trainable": "head"},
+         external=(paths["test"], tmp_path / "ext.parquet"), subgroup_columns=["site_group", "missing_col"],
+         data_guarantee=gen)
+    before, after = _weights(full), _weights(out)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert (pred["split"] == "external").sum() == 32 and "site_group" not in pred.columns  # not in the run's manifest
+    g = Guarantee.from_dict(read_privacy_card(out / "privacy.json")["typed_guarantee"])
+    assert g.kind == "composed" and len(g.derived_from) == 2
+    hist = [tuple(h) for h in g.parameters["history"]]
+    assert epsilon_for_history(hist, DELTA, "rdp") == pytest.approx(g.epsilon)
+    assert 4.0 < g.epsilon < 7.0  # more than either part, less than their sum
+
+
+@pytest.mark.parametrize("eps, synthetic_only, kind", [(math.inf, True, "derived"), (math.inf, False, "none")])
+def test_card_of_a_non_private_run_on_generated_data(cohort, tmp_path, eps, synthetic_only, kind):
+    """Synthetic-only and non-private: post-processing of the generator (its ε); with real records
+    read without DP: no guarantee."""
+    from dpmed.privacy.guarantee import Guarantee
+
+    out = tmp_path / "run"
+    _run(cohort, out, eps, settings={"epochs": 1}, data_guarantee=_dp_generator_guarantee(),
+         synthetic_only=synthetic_only)
+    g = Guarantee.from_dict(read_privacy_card(out / "privacy.json")["typed_guarantee"])
+    assert g.kind == kind
+    assert (g.epsilon == pytest.approx(4.0)) if kind == "derived" else not g.holds
