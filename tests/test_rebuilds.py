@@ -83,6 +83,7 @@ def test_dp_hyperparameter_reruns_dp_training_only(tiny_run):
         for eps in eps_labels(tiny_run[2], name, finite_only=True):
             expected |= {("train_classifier", _model(name, eps)), ("evaluate_classifier", _metrics(name, eps))}
         expected.add(_summary(name))
+    expected.add(("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png"))  # CADP next to DP-SGD
     assert jobs == expected
     assert not {rule for rule, _ in jobs} & {"preprocess", "pretrain_classifier", "extract_embeddings", "ingest"}
 
