@@ -108,6 +108,7 @@ def test_dp_hyperparameter_reruns_dp_training_only(tiny_run):
         expected |= {_audit(name, eps) for eps in audited}
         if audited:
             expected.add(_audit_summary(name))
+    expected.add(("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png"))  # CADP next to DP-SGD
     assert jobs == expected
     assert not {rule for rule, _ in jobs} & {"preprocess", "pretrain_classifier", "extract_embeddings", "ingest"}
 

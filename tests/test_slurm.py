@@ -313,10 +313,11 @@ def test_gpu_rules_get_a_gpu_and_the_others_do_not(runs):
 
 
 def _dp_model_file(rel: Path) -> bool:
-    """A DP model's output (or its evaluation): trained with secret OS-entropy noise, so two runs
-    of the same config differ by design and only what does not depend on the noise is compared."""
+    """A DP model's output (or its evaluation), or a content-aware DP release (privatised caches):
+    made with secret OS-entropy noise, so two runs of the same config differ by design and only
+    what does not depend on the noise is compared."""
     parts = rel.parts
-    return ("classifiers" in parts or "evaluation" in parts) and any(
+    return ("classifiers" in parts or "evaluation" in parts or "cadp" in parts) and any(
         p.startswith("eps_") and p != "eps_inf" for p in parts)
 
 
@@ -328,9 +329,16 @@ def _compare_dp_model(a: Path, b: Path, rel: Path) -> bool:
         return True
     if rel.name == "privacy.json":  # the same mechanism and plan, both with secret noise
         ca, cb = (read_privacy_card(p) for p in (a, b))
-        for key in ("noise_multiplier", "sample_rate", "steps", "epsilon_spent", "n_records", "kind"):
+        central = ("noise_multiplier", "sample_rate", "steps", "n_records")
+        for key in (central if ca["kind"] == "central" else ("delta", "unit", "guarantee_type")) + ("epsilon_spent", "kind"):
             assert ca[key] == cb[key], (rel, key)
+        assert ca["typed_guarantee"]["parameters"] == cb["typed_guarantee"]["parameters"], rel
         assert "OS entropy" in ca["noise_source"] and "OS entropy" in cb["noise_source"]
+        return True
+    if rel.suffix == ".h5":  # a privatised cache: same records and format, noisy images
+        ia, ib = _h5_items(a), _h5_items(b)
+        _assert_equal_values(ia["record_id"], ib["record_id"], str(rel))
+        assert ia["images"][0].shape == ib["images"][0].shape and ia["images"][0].dtype == ib["images"][0].dtype, rel
         return True
     return False  # metrics of a noisy model: nothing deterministic to compare
 
@@ -346,7 +354,7 @@ def _compare_outputs(local: Path, remote: Path, private: str) -> Counter:
         a, b = local / rel, remote / rel
         if _dp_model_file(rel):
             if _compare_dp_model(a, b, rel):
-                compared["dp " + rel.name] += 1
+                compared[("cadp release " if "classifiers" not in rel.parts else "dp ") + rel.name] += 1
             continue
         if rel.suffix == ".h5":
             _assert_equal_values(_h5_items(a), _h5_items(b), str(rel))
