@@ -30,7 +30,7 @@ def load_tiny() -> dict:
     return yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
 
-def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: int = 3600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(configfile), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
