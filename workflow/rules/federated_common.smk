@@ -9,6 +9,16 @@ def fed_cfg(dataset):
     return FED["datasets"][dataset]
 
 
+def fed_labels(dataset):
+    """The labels the federation models (default: all of the dataset's; a subset may be named)."""
+    labels = list(dataset_cfg(dataset)["labels"])
+    chosen = list(fed_cfg(dataset).get("labels") or labels)
+    unknown = [lb for lb in chosen if lb not in labels]
+    if unknown:
+        raise ValueError(f"federated.datasets.{dataset}.labels: {unknown} are not labels of {dataset}")
+    return chosen
+
+
 def fed_eps_labels():
     return [eps_label(e) for e in sorted(float(e) for e in FED["epsilons"])] + ["inf"]
 
@@ -42,7 +52,7 @@ def federate_params(wildcards):
     cfg = fed_cfg(wildcards.dataset)
     return canonical({
         "dataset": wildcards.dataset,
-        "labels": list(dataset_cfg(wildcards.dataset)["labels"]),
+        "labels": fed_labels(wildcards.dataset),
         "task": cfg["task"],
         "epsilon": float(wildcards.eps),
         "seed": int(wildcards.seed),
