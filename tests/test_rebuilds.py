@@ -125,16 +125,20 @@ def test_ct_window_reruns_the_ct_chain_only(tiny_run):
 
 
 def test_evaluation_setting_reruns_evaluation_and_summaries(tiny_run):
+    """The bootstrap redraws are shared by every evaluated model of every dataset: all of their
+    evaluations and every table built on them rerun; no model is retrained."""
     def redraws(cfg):
         cfg.setdefault("evaluation", {})["n_bootstrap"] = 123
 
-    expected = {_summary("cxr"), _summary("ct"), _comparison("cxr"), _comparison("ct"),
-                ("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png")}
-    for name in ("cxr", "ct"):
-        for eps in eps_labels(tiny_run[2], name):
-            expected.add(("evaluate_classifier", _metrics(name, eps)))
+    workdir = tiny_run[0]
+    evaluated = sorted(p.relative_to(workdir).as_posix() for p in (workdir / "results").glob("*/evaluation/*/*/*/metrics.parquet"))
+    expected = {("evaluate_classifier", path) for path in evaluated}
+    assert {("evaluate_classifier", _metrics(name, eps)) for name in ("cxr", "ct")
+            for eps in eps_labels(tiny_run[2], name)} <= expected
+    for name in ("cxr", "ct", "mammography"):
+        expected |= {_summary(name), _comparison(name)}
         if _audited(tiny_run[2], name):  # the audit tables show the models' subgroup fairness
             expected.add(_audit_summary(name))
-    for eps in eps_labels(tiny_run[2], "cxr"):  # content-aware DP runs on cxr only
-        expected.add(("evaluate_classifier", _metrics("cxr", eps, "cadp")))
+    expected.add(("cadp_comparison", "results/cxr/cadp/auroc_vs_epsilon_cadp.png"))  # CADP next to DP-SGD
+    expected.add(("study_b_summary", "results/mammography/summary/study_b_table1.csv"))  # study B's Table 1
     assert _plan(tiny_run, redraws, "redraws.yaml") == expected
