@@ -73,6 +73,15 @@ def test_card_kinds_and_legend_words():
         card_guarantee({"kind": "central", "delta": 1e-5})
 
 
+def test_model_on_privatised_images_ranks_with_local_guarantees():
+    """A classifier trained on CADP's privatised images is post-processing of a per-image (local)
+    guarantee: its card says kind derived, guarantee_type local; it is never ranked as central."""
+    card = {"kind": "derived", "guarantee_type": "local", "epsilon_spent": 1.0, "delta": 0.0, "unit": "record"}
+    g = card_guarantee(card)
+    assert g.strength_class == "local" and g.words() == "derived local DP per image (post-processing)"
+    assert card_guarantee({**card, "guarantee_type": "central", "delta": 1e-5}).strength_class == "central"
+
+
 def test_strength_order():
     c = CardGuarantee("central", "record", 1.0, 1e-5)
     assert at_least_as_strong(c, 1.0, 1e-5) and at_least_as_strong(c, 8.0, 1e-3)

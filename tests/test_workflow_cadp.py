@@ -145,6 +145,7 @@ def _plan(tiny_run, change, name):
 
 def _downstream_of_privatisation(config):
     jobs = {("summarise_dataset", f"results/{DATASET}/summary/table1.csv"),
+            ("compare_methods", f"results/{DATASET}/comparison/comparison.csv"),  # every method on one page
             ("cadp_comparison", f"results/{DATASET}/cadp/auroc_vs_epsilon_cadp.png")}
     for eps in eps_labels(config, DATASET, finite_only=True):
         jobs.add(("privatise_cadp", f"results/{DATASET}/cadp/eps_{eps}/train.h5"))

@@ -158,4 +158,4 @@ def test_changed_dp_generator_reruns_it_and_its_downstream_only(tiny_run):
             for m, e in _runs(config) if m.endswith("_dpmcgan")} <= jobs
     assert not any(out.startswith(f"results/{DS}/classifiers/real/") for _, out in jobs)
     assert rules <= {"train_generator", "sample_synthetic", "synthetic_fidelity", "train_classifier",
-                     "evaluate_classifier", "summarise_dataset", "study_b_summary"}
+                     "evaluate_classifier", "summarise_dataset", "study_b_summary", "compare_methods"}

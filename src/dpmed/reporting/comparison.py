@@ -61,7 +61,7 @@ STRENGTH_CLASS = {"central": "central", "derived": "central", "composed": "centr
 COMPARISON_METRICS = ("auroc", "auprc")
 METRIC_NAMES = {"auroc": "AUROC", "auprc": "AUPRC"}
 COMPARISON_COLUMNS = [
-    "method", "epsilon", "n_seeds", "kind", "unit", "card_epsilon", "card_delta", "guarantee",
+    "method", "epsilon", "n_seeds", "kind", "protection", "unit", "card_epsilon", "card_delta", "guarantee",
     "auroc", "auroc_err", "auprc", "auprc_err", "worst_group_auroc", "worst_group",
     "largest_parity_difference", "largest_parity_group",
 ]
@@ -82,16 +82,24 @@ class CardGuarantee:
     unit: str
     epsilon: float
     delta: float
+    #: what the guarantee protects underneath a derived/composed kind: "local" for a model
+    #: trained on privatised images (its card's ``guarantee_type``), else "central"
+    protection: str = "central"
 
     @property
     def strength_class(self) -> str | None:
+        if self.kind in ("derived", "composed") and self.protection == "local":
+            return "local"  # post-processing of a per-image guarantee is still a per-image guarantee
         return STRENGTH_CLASS[self.kind]
 
     def words(self) -> str:
         """Legend text, e.g. "central DP per record" or "no guarantee"."""
         if self.kind == "none":
             return "no guarantee"
-        per = "image" if self.kind == "local" and self.unit == "record" else self.unit
+        local = self.strength_class == "local"
+        per = "image" if local and self.unit == "record" else self.unit
+        if self.kind == "derived" and local:
+            return f"derived local DP per {per} (post-processing)"
         return {"central": f"central DP per {per}", "local": f"local DP per {per}",
                 "derived": f"derived DP per {per} (post-processing)",
                 "composed": f"composed DP per {per}"}[self.kind]
@@ -121,7 +129,8 @@ def card_guarantee(card: Mapping[str, Any], source: str = "privacy card") -> Car
         raise ReportingError(f"{source}: a {kind} guarantee without epsilon_spent")
     eps = math.inf if eps in ("inf", "Infinity") else float(eps)
     delta = card.get("delta", typed.get("delta"))
-    return CardGuarantee(kind, unit, eps, float(delta or 0.0))
+    protection = "local" if card.get("guarantee_type") == "local" else "central"
+    return CardGuarantee(kind, unit, eps, float(delta or 0.0), protection)
 
 
 def read_card_guarantee(path: str | Path) -> CardGuarantee:
@@ -152,15 +161,15 @@ def method_guarantees(cards: Mapping[tuple[str, float, Any], CardGuarantee]) -> 
         rows.setdefault((str(method), float(eps)), []).append(g)
     out = []
     for (method, eps), gs in rows.items():
-        kinds = {(g.kind, g.unit) for g in gs}
+        kinds = {(g.kind, g.unit, g.protection) for g in gs}
         if len(kinds) > 1:
             raise ReportingError(f"method {method} at ε = {eps:g}: seeds' cards differ in kind {sorted(kinds)}")
         g = gs[0]
-        out.append({"method": method, "epsilon": eps, "kind": g.kind, "unit": g.unit,
+        out.append({"method": method, "epsilon": eps, "kind": g.kind, "protection": g.protection, "unit": g.unit,
                     "card_epsilon": max(x.epsilon for x in gs), "card_delta": max(x.delta for x in gs),
                     "guarantee": g.words()})
-    return pd.DataFrame(out, columns=["method", "epsilon", "kind", "unit", "card_epsilon", "card_delta",
-                                      "guarantee"])
+    return pd.DataFrame(out, columns=["method", "epsilon", "kind", "protection", "unit", "card_epsilon",
+                                      "card_delta", "guarantee"])
 
 
 def legend_kinds(guarantees: pd.DataFrame) -> dict[str, str]:
@@ -265,7 +274,8 @@ def best_by_epsilon(table: pd.DataFrame, epsilons: Sequence[float], delta: float
     for eps in sorted(float(e) for e in epsilons if math.isfinite(float(e))):
         for cls in ("central", "local"):
             ok = [i for i, r in table.iterrows() if not np.isnan(r["auroc"]) and at_least_as_strong(
-                CardGuarantee(r["kind"], r["unit"], r["card_epsilon"], r["card_delta"]), eps, delta, cls)]
+                CardGuarantee(r["kind"], r["unit"], r["card_epsilon"], r["card_delta"],
+                              r.get("protection", "central")), eps, delta, cls)]
             if not ok:
                 continue
             best = table.loc[ok].sort_values(["auroc", "card_epsilon"], ascending=[False, True],
