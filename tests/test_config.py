@@ -115,3 +115,22 @@ def test_study_b_references_are_checked(change, message):
     change(cfg)
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+def test_every_gpu_rule_has_a_gpu_block_in_the_slurm_profile():
+    """A rule that asks for `training.gpu` GPUs gets one on a cluster only through its block in
+    profiles/slurm/config.yaml (the SLURM test runs a subset of the rules, so this checks all)."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    gpu_rules = set()
+    for smk in (repo / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
+            name = re.match(r"rule (\w+):", block)
+            if name and re.search(r"^\s+gpu=config\[\"training\"\]\[\"gpu\"\]", block, flags=re.M):
+                gpu_rules.add(name.group(1))
+    assert {"train_classifier", "train_generator", "train_inn"} <= gpu_rules
+    profile = (repo / "profiles" / "slurm" / "config.yaml").read_text()
+    with_block = set(re.findall(r"^  (\w+): \?gpu_job\(", profile, flags=re.M))
+    assert gpu_rules <= with_block, f"GPU rules without a block in profiles/slurm: {sorted(gpu_rules - with_block)}"

@@ -180,6 +180,29 @@ def _assert_equal_values(a, b, where: str) -> None:
 
 # ---------------------------------------------------------------------------- fixtures
 
+SLURM_DATASETS = ("cxr", "cxr_public", "ct")
+
+
+def _slurm_subset(config: dict) -> dict:
+    """The tiny config's study-A chain (demo, ingestion, preprocessing, public pretraining,
+    DP-SGD and non-private classifiers, embeddings, evaluation, summaries): what the SLURM test
+    submits. The whole tiny config holds every study and ~150 jobs, each a SLURM job with its own
+    Snakemake start-up on a 2-core test machine; this chain holds every kind of job (GPU rules,
+    local rules, multi-threaded rules) in a third of the time. Its jobs have the same params as in
+    the whole config, so their outputs must equal the local run's."""
+    config = copy.deepcopy(config)
+    config["datasets"] = {name: ds for name, ds in config["datasets"].items() if name in SLURM_DATASETS}
+    for ds in config["datasets"].values():
+        for study in ("cadp", "audit"):
+            ds.pop(study, None)
+    config.setdefault("training", {})["methods"] = ["dpsgd"]
+    config.pop("federated", None)
+    emb = config.get("embeddings") or {}
+    if "datasets" in emb:
+        emb["datasets"] = [d for d in emb["datasets"] if d in SLURM_DATASETS]
+    return config
+
+
 @pytest.fixture(scope="module")
 def cluster():
     if os.geteuid() != 0:
@@ -214,7 +237,7 @@ def runs(cluster, tiny_run, tmp_path_factory):
     """The tiny config on SLURM, compared with the session's local run of the same config."""
     started = time.monotonic()
     local = tiny_run[0]
-    config = load_tiny()
+    config = _slurm_subset(load_tiny())
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     if "gpu" in schema["properties"].get("training", {}).get("properties", {}):
         config.setdefault("training", {})["gpu"] = 1  # what a GPU cluster run would set
@@ -348,9 +371,11 @@ def _compare_outputs(local: Path, remote: Path, private: str) -> Counter:
     for wd in (local, remote):
         files[wd] = sorted(p.relative_to(wd) for folder in ("results", private) for p in (wd / folder).rglob("*")
                            if p.is_file())
-    assert files[local] == files[remote]
+    # the SLURM run is the study-A chain of the tiny config (_slurm_subset): every file it wrote
+    # is one the local run of the whole config wrote too
+    assert set(files[remote]) <= set(files[local]), sorted(set(files[remote]) - set(files[local]))[:5]
     compared = Counter()
-    for rel in files[local]:
+    for rel in files[remote]:
         a, b = local / rel, remote / rel
         if _dp_model_file(rel):
             if _compare_dp_model(a, b, rel):
