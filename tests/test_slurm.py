@@ -399,7 +399,8 @@ def _compare_outputs(local: Path, remote: Path, private: str) -> Counter:
 
 def test_outputs_equal_the_local_run(runs):
     compared = _compare_outputs(runs["local"], runs["remote"], runs["config"]["private_dir"])
-    assert compared[".h5"] >= 12 and compared[".parquet"] >= 8, compared
+    # study-A chain: the caches of cxr, cxr_public and ct and the CXR embeddings
+    assert compared[".h5"] >= 10 and compared[".parquet"] >= 8, compared
     models = [j for j in runs["planned"] if j["rule"] == "train_classifier"]
     n_dp = sum(1 for j in models if "/eps_inf/" not in j["output"])
     # non-private models are identical bit for bit; DP models agree on everything but the noise
