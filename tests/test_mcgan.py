@@ -81,7 +81,7 @@ def test_discriminator_label_channel_is_an_embedding_table():
 def test_settings_refuse_bad_values():
     with pytest.raises(ConfigError, match="power of two"):
         MCGANSettings(image_size=48)
-    with pytest.raises(ConfigError, match="unknown MCGAN settings"):
+    with pytest.raises(ConfigError, match="unknown MCGAN setting"):
         MCGANSettings.from_mapping({"size": 64})
     with pytest.raises(ConfigError, match="select_epoch"):
         GANTrainSettings(epochs=3, select_epoch=4)

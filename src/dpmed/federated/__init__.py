@@ -12,7 +12,7 @@
   classifiers, FedAvg/FedProx baselines, metrics; :mod:`.fidelity` — Sinkhorn W₂.
 """
 
-import importlib
+from dpmed.settings import lazy_exports
 
 # Submodules are imported on first use: a Flower ClientApp process (one per round) imports only
 # what one client needs, not scikit-learn and the evaluation code.
@@ -31,15 +31,4 @@ _EXPORTS = {
               "sites_from_dirichlet"),
     "synthetic": ("LabelDistribution", "public_labels", "synthesize", "uniform_labels"),
 }
-_MODULE_OF = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

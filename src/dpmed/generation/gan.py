@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpmed.errors import ConfigError, DpmedError
+from dpmed.settings import pair_of_floats, settings_from_mapping
 
 __all__ = [
     "GANDivergenceError", "GANTrainSettings", "CheckpointRule", "MCGANTask", "draw_real_targets",
@@ -114,27 +115,9 @@ class GANTrainSettings:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "GANTrainSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"unknown GAN training settings {unknown}; allowed: {sorted(known)}")
-        if cfg.get("epochs") is None:
-            raise ConfigError("GAN training settings need 'epochs'")
-        kw = dict(cfg)
-        try:
-            for k in ("betas", "real_target_range", "crop_scale", "crop_ratio"):
-                if k in kw:
-                    kw[k] = tuple(float(v) for v in kw[k])
-                    if len(kw[k]) != 2:
-                        raise ValueError(f"{k} needs two values")
-            for k in ("epochs", "batch_size", "score_every", "collapse_samples"):
-                if k in kw:
-                    kw[k] = int(kw[k])
-            if kw.get("select_epoch") is not None:
-                kw["select_epoch"] = int(kw["select_epoch"])
-            return cls(**kw)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"invalid GAN training settings {dict(cfg)!r}: {e}") from None
+        convert = dict.fromkeys(("betas", "real_target_range", "crop_scale", "crop_ratio"), pair_of_floats)
+        convert.update(dict.fromkeys(("epochs", "batch_size", "score_every", "collapse_samples", "select_epoch"), int))
+        return settings_from_mapping(cls, cfg, "GAN training", required=("epochs",), convert=convert)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

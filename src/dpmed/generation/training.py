@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from dpmed.errors import ConfigError
+from dpmed.settings import settings_from_mapping
 from dpmed.generation.gan import (CheckpointRule, GANTrainSettings, MCGANTask, check_collapse, check_finite,
                                   sample_latent, seeds_for)
 from dpmed.io.atomic import atomic_path, write_csv
@@ -70,21 +71,8 @@ class GANPrivacySettings:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "GANPrivacySettings":
-        cfg = dict(cfg or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"unknown GAN privacy settings {unknown}; allowed: {sorted(known)}")
-        try:
-            kw = {k: v for k, v in cfg.items() if v is not None}
-            for k in ("epsilon", "delta", "max_grad_norm"):
-                if k in kw:
-                    kw[k] = float(kw[k])
-            if "physical_batch_size" in kw:
-                kw["physical_batch_size"] = int(kw["physical_batch_size"])
-            return cls(**kw)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"invalid GAN privacy settings {cfg!r}: {e}") from None
+        convert = {"epsilon": float, "delta": float, "max_grad_norm": float, "physical_batch_size": int}
+        return settings_from_mapping(cls, cfg, "GAN privacy", convert=convert, drop_none=True)
 
     @property
     def private(self) -> bool:

@@ -7,7 +7,7 @@ first use, so a process that needs only the CVAE (a Flower ClientApp, started on
 does not import Opacus.
 """
 
-import importlib
+from dpmed.settings import lazy_exports
 
 _EXPORTS = {
     "acs": ("ACSConv3d", "acs_split"),
@@ -15,15 +15,4 @@ _EXPORTS = {
     "resnet9": ("ResNet9", "build_model", "convert_2d_weights_to_acs", "count_parameters",
                 "expected_num_parameters", "gn_groups", "stage_channels"),
 }
-_MODULE_OF = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from dpmed.errors import ConfigError, DpmedError
+from dpmed.settings import settings_from_mapping
 
 __all__ = [
     "DEMO_INN",
@@ -57,23 +58,8 @@ __all__ = [
     "expected_num_parameters",
     "label_condition",
     "reconstruction_error",
-    "settings_from_mapping",
     "trainable_parameters",
 ]
-
-
-def settings_from_mapping(cls, mapping, what: str):
-    """Build the settings dataclass ``cls`` from a config mapping; unknown keys are errors naming them."""
-    if not isinstance(mapping, Mapping):
-        raise ConfigError(f"{what} settings must be a mapping, got {type(mapping).__name__}")
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise ConfigError(f"unknown {what} setting(s) {unknown}; allowed: {sorted(known)}")
-    try:
-        return cls(**mapping)
-    except TypeError as e:
-        raise ConfigError(f"invalid {what} settings {dict(mapping)!r}: {e}") from None
 
 
 class InvertibilityError(DpmedError):

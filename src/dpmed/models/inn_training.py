@@ -37,6 +37,7 @@ import torch
 
 from dpmed.errors import ConfigError, DpmedError
 from dpmed.io.atomic import atomic_path, write_csv
+from dpmed.settings import settings_from_mapping
 from dpmed.models.inn import (
     ConditionalINN,
     INNSettings,
@@ -47,7 +48,6 @@ from dpmed.models.inn import (
     check_invertible,
     label_condition,
     reconstruction_error,
-    settings_from_mapping,
     trainable_parameters,
 )
 from dpmed.training.data import CacheDataset

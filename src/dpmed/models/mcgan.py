@@ -64,6 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpmed.errors import ConfigError
+from dpmed.settings import settings_from_mapping
 
 __all__ = [
     "MCGANSettings", "MCGANGenerator", "MCGANDiscriminator", "build_mcgan", "expected_parameters",
@@ -113,14 +114,7 @@ class MCGANSettings:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "MCGANSettings":
         """Typed settings from a config mapping; unknown keys are refused."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"unknown MCGAN settings {unknown}; allowed: {sorted(known)}")
-        try:
-            return cls(**{k: int(v) for k, v in cfg.items()})
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"invalid MCGAN settings {dict(cfg)!r}: {e}") from None
+        return settings_from_mapping(cls, cfg, "MCGAN", convert=dict.fromkeys(cls.__dataclass_fields__, int))
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -47,7 +47,8 @@ import torch
 
 from dpmed.errors import ConfigError
 from dpmed.io.cache import CacheWriter
-from dpmed.models.inn import ConditionalINN, check_invertible, label_condition, settings_from_mapping
+from dpmed.models.inn import ConditionalINN, check_invertible, label_condition
+from dpmed.settings import settings_from_mapping
 from dpmed.privacy.guarantee import Guarantee, NonPrivateInput
 
 __all__ = [

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpmed.errors import ConfigError
+from dpmed.settings import settings_from_mapping
 from dpmed.evaluation import mean_auroc
 from dpmed.io.atomic import atomic_path, write_csv, write_parquet
 from dpmed.privacy.guarantee import Guarantee, NonPrivateInput, post_processing
@@ -80,23 +81,12 @@ class TrainSettings:
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> "TrainSettings":
-        if not isinstance(settings, Mapping):
-            raise ConfigError(f"settings must be a mapping, got {type(settings).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ConfigError(f"unknown training settings {unknown}; allowed: {sorted(known)}")
-        missing = [k for k in ("epochs", "batch_size", "lr") if settings.get(k) is None]
-        if missing:
-            raise ConfigError(f"training settings need {missing}")
         types = {"epochs": int, "batch_size": int, "lr": float, "physical_batch_size": int, "max_grad_norm": float,
                  "delta": float, "accountant": str, "calibration_rel_tol": float, "grad_sample_mode": str,
                  "augment": bool, "norm_mean": float, "norm_std": float, "eval_batch_size": int, "num_workers": int,
                  "keep_checkpoint": bool, "in_memory_max_bytes": int, "trainable": str}
-        try:
-            s = cls(**{k: types[k](v) for k, v in settings.items() if v is not None})
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"invalid training settings {dict(settings)!r}: {e}") from None
+        s = settings_from_mapping(cls, settings, "training", required=("epochs", "batch_size", "lr"),
+                                  convert=types, drop_none=True)
         if s.epochs < 1 or s.batch_size < 1 or (s.physical_batch_size or 1) < 1 or s.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size, physical_batch_size and eval_batch_size must be >= 1")
         if not (s.lr > 0) or not (s.max_grad_norm > 0) or not (s.norm_std > 0):
