@@ -259,3 +259,23 @@ def test_several_private_methods_and_bad_input(metrics, tmp_path):
     with pytest.raises(ReportingError, match="missing columns"):
         table1_flat(metrics.drop(columns=["epsilon"]))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_table1_refuses_to_pool_methods_and_summary_selects_one(metrics, tmp_path):
+    """Two methods at one ε must not be averaged into one Table 1 row (DP-SGD and CADP are
+    different mechanisms): table1 refuses, write_summary tabulates the chosen method only."""
+    from dpmed.evaluation import aggregate
+    from dpmed.evaluation.metrics import EvaluationError
+    from dpmed.reporting.tables import write_summary
+
+    other = metrics.assign(method="cadp", estimate=metrics["estimate"] - 0.2, mean=metrics["mean"] - 0.2)
+    both = pd.concat([metrics.assign(method="dpsgd"), other], ignore_index=True)
+    with pytest.raises(EvaluationError, match="several methods"):
+        aggregate.table1(both)
+    with pytest.raises(EvaluationError, match="several methods"):
+        aggregate.correlations(both)
+    write_summary(both, tmp_path / "both", table_method="dpsgd")
+    write_summary(metrics.assign(method="dpsgd"), tmp_path / "one")
+    a = pd.read_csv(tmp_path / "both" / "table1.csv")
+    b = pd.read_csv(tmp_path / "one" / "table1.csv")
+    pd.testing.assert_frame_equal(a, b)

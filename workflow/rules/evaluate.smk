@@ -41,6 +41,7 @@ rule summarise_dataset:
         evaluation=evaluation_params,
         runs=lambda w: summary_runs(w.dataset),
         spread=lambda w: dataset_spread(w.dataset),
+        table_method=lambda w: run_methods(w.dataset)[0],
     conda:
         "../envs/dpmed.yaml"
     log:

@@ -44,6 +44,15 @@ def _spread_kind(spread: str, n_seeds: int) -> str:
     return "bootstrap std"
 
 
+def _one_method(df: pd.DataFrame, what: str) -> None:
+    """Refuse models of several methods: Table 1 and the correlations are the study's, per
+    method; pooling, say, DP-SGD and CADP at one ε would average two different mechanisms."""
+    if "method" in df.columns:
+        methods = sorted(df["method"].dropna().astype(str).unique())
+        if len(methods) > 1:
+            raise EvaluationError(f"{what}: models of several methods {methods}; select one method first")
+
+
 def table1(metrics_by_model: pd.DataFrame, label: str = "mean", dataset: str | None = None,
            spread: str = "bootstrap") -> pd.DataFrame:
     """Study Table 1: rows ε (ascending, ∞ last), columns (subgroup, stat).
@@ -63,7 +72,8 @@ def table1(metrics_by_model: pd.DataFrame, label: str = "mean", dataset: str | N
     Raises
     ------
     EvaluationError: missing columns, no rows for ``label``, several datasets without
-        ``dataset=``, an unknown ``spread``.
+        ``dataset=``, several methods (their models would be averaged into one row), an
+        unknown ``spread``.
     """
     if spread not in SPREADS:
         raise EvaluationError(f"table1: spread must be one of {SPREADS}, got {spread!r}")
@@ -76,6 +86,7 @@ def table1(metrics_by_model: pd.DataFrame, label: str = "mean", dataset: str | N
                 raise EvaluationError(f"table1: several datasets {list(ds)}; pass dataset=")
         else:
             df = df[df["dataset"] == dataset]
+    _one_method(df, "table1")
     df = df[df["label"] == label]
     if df.empty:
         raise EvaluationError(f"table1: no rows for label {label!r}")
@@ -240,6 +251,7 @@ def correlations(metrics_by_model: pd.DataFrame, value: str = "estimate",
     """
     df = metrics_by_model.copy()
     _require(df, ["epsilon", "label", "subgroup", "metric", value])
+    _one_method(df, "correlations")
     if "dataset" not in df.columns:
         df["dataset"] = ""
     if "seed" not in df.columns:

@@ -57,7 +57,7 @@ def write_correlations(metrics: pd.DataFrame, out_dir: str | Path, train_positiv
 
 
 def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=None,
-                  spread: str = "bootstrap") -> list[Path]:
+                  spread: str = "bootstrap", table_method: str | None = None) -> list[Path]:
     """Write every table and figure of one dataset into ``out_dir`` (:data:`SUMMARY_FILES`).
 
     Parameters
@@ -68,6 +68,8 @@ def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=No
         it falls back to test positives (the figure says which).
     spread: Table 1's σ and the figures' error bars — "bootstrap" (CXR in the study) or
         "seeds" (CT: std over independent trainings).
+    table_method: the method Table 1 and the correlations are of, when ``metrics`` holds
+        several (the figures draw one line per method); ``None``: ``metrics`` has one method.
 
     Returns the paths in the order of :data:`SUMMARY_FILES`.  Figures whose subgroups are
     missing from the table (e.g. no ``age_group``) are still written, with a note.
@@ -75,8 +77,11 @@ def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=No
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = plots.prepare(metrics)
-    paths = write_table1(df, out_dir, spread=spread)
-    paths.append(write_correlations(df, out_dir, train_positives))
+    one = df if table_method is None else df[df["method"] == table_method]
+    if one.empty:
+        raise ValueError(f"no models of method {table_method!r} in the metrics")
+    paths = write_table1(one, out_dir, spread=spread)
+    paths.append(write_correlations(one, out_dir, train_positives))
     figures = [
         ("auroc_vs_epsilon.png", lambda p: plots.plot_metrics_vs_epsilon(df, p, spread=spread)),
         ("auroc_vs_epsilon_by_age.png",
@@ -86,7 +91,7 @@ def write_summary(metrics: pd.DataFrame, out_dir: str | Path, train_positives=No
         ("label_auroc_vs_epsilon.png",
          lambda p: plots.plot_label_auroc_vs_epsilon(df, p, spread)),
         ("auroc_vs_positives.png",
-         lambda p: plots.plot_auroc_vs_positives(df, p, train_positives)),
+         lambda p: plots.plot_auroc_vs_positives(one, p, train_positives)),  # with Table 1's r
         ("parity_vs_epsilon.png", lambda p: plots.plot_parity_vs_epsilon(df, p, spread)),
     ]
     for name, draw in figures:
