@@ -25,6 +25,13 @@ def _audit_dir(workdir, eps, dataset="cxr"):
     return workdir / f"results/{dataset}/audit/dpsgd/eps_{eps}/seed_0"
 
 
+def _auroc_z(auroc, n_pos, n_neg):
+    """How many null standard deviations an AUROC lies above chance (Mann-Whitney U without
+    ties: var = (n_pos + n_neg + 1) / (12 n_pos n_neg)). The canary mask is drawn afresh
+    every run, so a fixed AUROC threshold near the model's typical value is flaky."""
+    return (auroc - 0.5) / math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
+
+
 def test_audit_is_sound_for_dp_and_has_power_without_dp(tiny_run):
     """The DP models' noise comes from OS entropy (every CI run differs): for them only the
     sound direction is asserted (the one-run bound never exceeds the card's ε); the
@@ -39,7 +46,9 @@ def test_audit_is_sound_for_dp_and_has_power_without_dp(tiny_run):
         if eps == "inf":
             assert card["mechanism"] == "none" and math.isinf(rep["card_epsilon"])
             assert rep["epsilon_lower"] > 0.5, rep["bounds"]["one_run"]
-            assert rep["mia_auroc"][0]["subgroup"] == "all" and rep["mia_auroc"][0]["auroc"] > 0.75
+            everyone = rep["mia_auroc"][0]
+            assert everyone["subgroup"] == "all"
+            assert _auroc_z(everyone["auroc"], everyone["n_member"], everyone["n"] - everyone["n_member"]) > 3
         else:
             assert card["kind"] == "central" and rep["card_epsilon"] == pytest.approx(card["epsilon_spent"])
             assert rep["epsilon_lower"] <= card["epsilon_spent"] and rep["holds"] is True
