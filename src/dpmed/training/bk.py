@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dpmed.errors import PrivacyError
+from dpmed.training.numerics import full_float32, upcast
 
 GradSample = Callable[[nn.Module, torch.Tensor, torch.Tensor], "dict[nn.Parameter, torch.Tensor]"]
 
@@ -394,7 +395,7 @@ class BKClipper:
     def _fwd_hook(self, module, inputs, output):
         if not (self.enabled and torch.is_grad_enabled() and module.training):
             return None
-        use = _Use(module, inputs[0].detach())
+        use = _Use(module, inputs[0].detach())  # kept in the forward's precision until finish
         self.uses.append(use)
         self.count[module] = self.count.get(module, 0) + 1
         if not output.requires_grad:
@@ -415,8 +416,11 @@ class BKClipper:
         return sizes.pop()
 
     def finish(self, out: list[torch.Tensor]) -> None:
-        """Clip per sample and add the clipped sum into ``out``."""
-        with self.disabled():  # a rule may run the layer itself (functorch_grad_sample)
+        """Clip per sample and add the clipped sum into ``out``, in full float32 whatever the
+        precision of the forward (autocast's bf16 activations and gradients are upcast): the
+        norm bounded is the norm of what is summed."""
+        # a rule may run the layer itself (functorch_grad_sample): hooks off
+        with self.disabled(), full_float32():
             self._finish(out)
         self.begin()
 
@@ -427,6 +431,7 @@ class BKClipper:
         for u in self.uses:
             if u.g is None:
                 continue
+            u.a, u.g = upcast(u.a), upcast(u.g)
             rule = rule_for(u.module)
             if self.count[u.module] > 1 or rule.norm2 is None:
                 # instantiate; uses of one module are summed BEFORE the norm (exact under reuse)

@@ -78,13 +78,14 @@ class TrainSettings:
     keep_checkpoint: bool = False
     in_memory_max_bytes: int = 256 * 2**20
     trainable: str = "all"                   # "all" | "head" (only the final linear layer trains)
+    precision: str = "fp32"                  # forward/backward: "fp32" | "tf32" | "bf16" (clipping is float32)
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> "TrainSettings":
         types = {"epochs": int, "batch_size": int, "lr": float, "physical_batch_size": int, "max_grad_norm": float,
                  "delta": float, "accountant": str, "calibration_rel_tol": float, "grad_sample_mode": str,
                  "augment": bool, "norm_mean": float, "norm_std": float, "eval_batch_size": int, "num_workers": int,
-                 "keep_checkpoint": bool, "in_memory_max_bytes": int, "trainable": str}
+                 "keep_checkpoint": bool, "in_memory_max_bytes": int, "trainable": str, "precision": str}
         s = settings_from_mapping(cls, settings, "training", required=("epochs", "batch_size", "lr"),
                                   convert=types, drop_none=True)
         if s.epochs < 1 or s.batch_size < 1 or (s.physical_batch_size or 1) < 1 or s.eval_batch_size < 1:
@@ -103,7 +104,7 @@ class TrainSettings:
             epochs=self.epochs, batch_size=self.batch_size, epsilon=epsilon, delta=self.delta,
             max_grad_norm=self.max_grad_norm, physical_batch_size=self.physical_batch_size,
             accountant=self.accountant, calibration_rel_tol=self.calibration_rel_tol,
-            grad_sample_mode=self.grad_sample_mode, num_workers=self.num_workers,
+            grad_sample_mode=self.grad_sample_mode, num_workers=self.num_workers, precision=self.precision,
         )
 
 

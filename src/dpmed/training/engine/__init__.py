@@ -16,7 +16,8 @@ Public API::
 from dpmed.training.engine.plan import DPPlan, EngineSettings
 from dpmed.training.engine.privatise import GRAD_SAMPLE_MODES, make_privatiser
 from dpmed.training.engine.randomness import TEST_NOISE_ENV, seed_globals
-from dpmed.training.engine.trainer import NUMERICS, PrivateTrainer, full_float32
+from dpmed.training.engine.trainer import PrivateTrainer
+from dpmed.training.numerics import PRECISIONS, full_float32
 
-__all__ = ["DPPlan", "EngineSettings", "GRAD_SAMPLE_MODES", "NUMERICS", "PrivateTrainer", "TEST_NOISE_ENV",
+__all__ = ["DPPlan", "EngineSettings", "GRAD_SAMPLE_MODES", "PRECISIONS", "PrivateTrainer", "TEST_NOISE_ENV",
            "full_float32", "make_privatiser", "seed_globals"]

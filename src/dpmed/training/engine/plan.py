@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from dpmed.errors import ConfigError, PrivacyError
 from dpmed.privacy.validation import GRAD_SAMPLE_MODES
+from dpmed.training.numerics import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class EngineSettings:
     num_workers: DataLoader worker processes (order and values do not depend on it).
     unit: what one row of the dataset is to the guarantee (``record``, or ``patient``/``site``
         when the dataset's rows are those).
+    precision: of the forward and backward passes (:data:`dpmed.training.numerics.PRECISIONS`);
+        clipping and noise are in float32 at every precision.
     """
 
     epochs: int
@@ -41,12 +44,15 @@ class EngineSettings:
     grad_sample_mode: str = "bk"
     num_workers: int = 0
     unit: str = "record"
+    precision: str = "fp32"
 
     def __post_init__(self):
         if int(self.epochs) < 1 or int(self.batch_size) < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.physical_batch_size is not None and int(self.physical_batch_size) < 1:
             raise ConfigError("physical_batch_size must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         eps = float(self.epsilon)
         if math.isnan(eps) or eps <= 0:
             raise ConfigError(f"epsilon must be > 0 (or inf), got {self.epsilon!r}")

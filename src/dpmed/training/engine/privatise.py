@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from dpmed.errors import PrivacyError
 from dpmed.training.bk import BKClipper, BKModule
+from dpmed.training.numerics import full_float32, upcast
 
 from dpmed.privacy.validation import GRAD_SAMPLE_MODES  # noqa: E402  (the one list)
 
@@ -119,12 +120,14 @@ class OpacusPrivatiser(Privatiser):
         samples = [p.grad_sample for p in self.params]
         if any(s is None for s in samples):
             raise PrivacyError("Opacus produced no per-sample gradient for some parameter")
-        n = samples[0].shape[0]
-        norms = torch.sqrt(sum(s.reshape(n, -1).pow(2).sum(1) for s in samples))
-        self.per_sample_norms = norms.detach()
-        w = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        for acc, s in zip(self.summed, samples):
-            acc += torch.tensordot(w, s, dims=1)
+        with full_float32():  # under autocast the per-sample gradients are bf16: norm what is summed
+            samples = [upcast(s) for s in samples]
+            n = samples[0].shape[0]
+            norms = torch.sqrt(sum(s.reshape(n, -1).pow(2).sum(1) for s in samples))
+            self.per_sample_norms = norms.detach()
+            w = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            for acc, s in zip(self.summed, samples):
+                acc += torch.tensordot(w, s, dims=1)
         self.begin()  # the unclipped p.grad autograd wrote must not reach the optimizer
 
     @contextlib.contextmanager

@@ -49,14 +49,18 @@ def collate_or_none(items: list) -> Any:
     return default_collate(items) if items else None
 
 
-def make_loader(dataset: Dataset, batches, num_workers: int) -> DataLoader:
-    """A loader over ``batches`` (index lists); worker processes change neither order nor values."""
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_or_none, num_workers=int(num_workers))
+def make_loader(dataset: Dataset, batches, num_workers: int, device: torch.device | None = None) -> DataLoader:
+    """A loader over ``batches`` (index lists); worker processes change neither order nor values.
+    For a CUDA ``device`` batches come in pinned memory, so :func:`to_device` copies them
+    asynchronously while the GPU is still busy with the previous step."""
+    pin = device is not None and torch.device(device).type == "cuda"
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_or_none, num_workers=int(num_workers),
+                      pin_memory=pin)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return batch.to(device, non_blocking=batch.is_pinned())
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device) for b in batch)
     if isinstance(batch, dict):

@@ -39,14 +39,12 @@ from dpmed.training.engine.randomness import SecretSeed, draw_secret_seed, make_
 from dpmed.training.engine.sampling import (
     PoissonBatches, ShuffledBatches, batch_len, make_loader, split_batch, to_device,
 )
+from dpmed.training.numerics import compute_precision, numerics_statement
 
 log = logging.getLogger("dpmed.training")
 
 CHECKPOINT_VERSION = 2
 StepFn = Callable[[nn.Module, Any], torch.Tensor]
-
-NUMERICS = ("per-sample gradients, clipping norms and noise in full float32: TF32 matmul and cuDNN "
-            "convolutions are switched off during DP steps")
 
 
 class _Stop(Exception):
@@ -55,20 +53,6 @@ class _Stop(Exception):
 
 def _on_epoch_end(epoch: int, checkpoint: Path | None) -> None:
     """Called after each epoch's checkpoint is written (tests patch it to simulate a kill)."""
-
-
-@contextlib.contextmanager
-def full_float32():
-    """TF32 off for matmul and cuDNN (what the sensitivity rests on is computed in float32)."""
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev[0], prev[1]
-        torch.set_float32_matmul_precision(prev[2])
 
 
 class PrivateTrainer:
@@ -205,7 +189,8 @@ class PrivateTrainer:
             "max_grad_norm": float(s.max_grad_norm), "accountant": s.accountant, "batch_size": p.batch_size,
             "n_records": p.n_records, "epochs": self.epochs_done, "steps_per_epoch": p.steps_per_epoch,
             "history": [[a, b, c] for a, b, c in self.accountant.history], "grad_sample_mode": s.grad_sample_mode,
-            "numerics": NUMERICS, "adjacency": f"add/remove one {s.unit}; the training-set size N is public",
+            "numerics": numerics_statement(s.precision),
+            "adjacency": f"add/remove one {s.unit}; the training-set size N is public",
             "delta_times_n": float(s.delta) * p.n_records,
         }
 
@@ -228,7 +213,7 @@ class PrivateTrainer:
         batches = PoissonBatches(self.plan.n_records, self.plan.sample_rate, self.plan.steps_per_epoch,
                                  self.generators["sampler"])
         done = 0
-        for batch in make_loader(self.dataset, batches, self.settings.num_workers):
+        for batch in make_loader(self.dataset, batches, self.settings.num_workers, self.device):
             self.private_step(batch, step)
             done += 1
             if after_step is not None:
@@ -242,7 +227,8 @@ class PrivateTrainer:
         priv = self.privatiser
         priv.reset()
         if batch is not None:
-            with full_float32():  # the clipping norms (the sensitivity) in full float32
+            # forward and backward at the run's precision; the privatiser clips in full float32
+            with compute_precision(self.settings.precision, self.device):
                 for chunk in split_batch(to_device(batch, self.device), self.settings.physical):
                     priv.begin()
                     priv.clip_accumulate(step(priv.model, chunk))
@@ -257,14 +243,14 @@ class PrivateTrainer:
     def _public_epoch(self, step: StepFn, after_step) -> float:
         batches = ShuffledBatches(self.plan.n_records, self.plan.batch_size, self.generators["shuffle"])
         total, seen = 0.0, 0
-        for batch in make_loader(self.dataset, batches, self.settings.num_workers):
+        for batch in make_loader(self.dataset, batches, self.settings.num_workers, self.device):
             batch = to_device(batch, self.device)
             n = batch_len(batch)
             self.optimizer.zero_grad(set_to_none=True)
             for chunk in split_batch(batch, self.settings.physical):
-                losses = step(self.model, chunk)
-                loss = losses.sum() / n
-                loss.backward()
+                with compute_precision(self.settings.precision, self.device):
+                    loss = step(self.model, chunk).float().sum() / n
+                    loss.backward()
                 total += float(loss.item()) * n
             seen += n
             self.optimizer.step()
