@@ -222,3 +222,25 @@ def test_bk_group_norm_per_sample_grads_from_sums(offset):
         (gn(a[i : i + 1]) * g[i : i + 1]).sum().backward()
         torch.testing.assert_close(gw[i], gn.weight.grad, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(gb[i], gn.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,k,shape", [(1, 3, (5, 6, 7)), (2, 7, (9, 10, 13)), (2, 1, (6, 7, 8)),
+                                           (2, 3, (3, 3, 4)), (1, 1, (2, 2, 2))])
+def test_acs_rule_grouped_and_unfold_equal_a_per_sample_loop(stride, k, shape):
+    """Both of the ACS rule's methods (the shape decides which runs) give each sample's
+    autograd gradient, for every plane split, stride and kernel."""
+    from dpmed.models.acs import ACSConv3d, compute_acs_grad_sample
+    from dpmed.training.bk import _acs_grad_sample, acs_grad_sample_method
+
+    torch.manual_seed(4)
+    conv = ACSConv3d(3, 7, k, stride=stride, bias=True).double()
+    a = torch.randn(4, 3, *shape, dtype=torch.float64)
+    g = torch.randn(conv(a).shape, dtype=torch.float64)
+    loop = [torch.autograd.grad(conv(a[i:i + 1]), [conv.weight, conv.bias], g[i:i + 1]) for i in range(4)]
+    unfold = compute_acs_grad_sample(conv, [a], g)
+    used = _acs_grad_sample(conv, a, g)
+    assert acs_grad_sample_method(g.shape) == ("unfold" if g[0, 0].numel() <= 16 else "grouped")
+    for j, p in enumerate((conv.weight, conv.bias)):
+        want = torch.stack([gr[j] for gr in loop])
+        torch.testing.assert_close(used[p], want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(unfold[p], want, rtol=1e-10, atol=1e-12)
