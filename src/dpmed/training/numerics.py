@@ -20,13 +20,15 @@ import contextlib
 
 import torch
 
+from dpmed.errors import ConfigError
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 REDUCED = (torch.float16, torch.bfloat16)
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        raise ConfigError(f"precision {precision!r} is not one of {PRECISIONS}")
     return precision
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from dpmed.errors import ConfigError, PrivacyError
 from dpmed.privacy.validation import GRAD_SAMPLE_MODES
-from dpmed.training.numerics import PRECISIONS
+from dpmed.training.numerics import check_precision
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ class EngineSettings:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.physical_batch_size is not None and int(self.physical_batch_size) < 1:
             raise ConfigError("physical_batch_size must be >= 1")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        check_precision(self.precision)
         eps = float(self.epsilon)
         if math.isnan(eps) or eps <= 0:
             raise ConfigError(f"epsilon must be > 0 (or inf), got {self.epsilon!r}")
